@@ -1,0 +1,139 @@
+"""The ClientApp: trains the global model on this client's share and reports progress to a file."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from fedcore.config import RunConfig, from_run_config
+from fedcore.models import build_model
+from fedcore.rundir import PROGRESS, write_json_atomic
+from fedcore.task import client_share, load_split
+from fedcore.train import (
+    DeviceData,
+    evaluate,
+    make_optimizer,
+    pick_device,
+    prepare_model,
+    seeded_generator,
+    train_epochs,
+)
+
+app = ClientApp()
+
+
+@dataclass
+class ClientState:
+    """What a client keeps between messages when its process stays alive."""
+
+    key: tuple[Any, ...]
+    device: torch.device
+    model: nn.Module
+    train: DeviceData
+    test: DeviceData
+
+
+_STATE: dict[str, ClientState] = {}
+
+
+def client_state(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientState:
+    """Model and device-resident data for this client, built once per process and config."""
+    key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, cfg.seed,
+           cfg.partition, cfg.model, cfg.augment, partition_id, num_partitions)
+    state = _STATE.get("client")
+    if state is None or state.key != key:
+        device = pick_device()
+        split = load_split(cfg)
+        share = client_share(cfg, split, partition_id, num_partitions)
+        state = ClientState(
+            key=key,
+            device=device,
+            model=prepare_model(build_model(cfg.model), device),
+            train=DeviceData(share, device, augment=cfg.augment),
+            test=DeviceData(split.test, device, augment=False),
+        )
+        _STATE["client"] = state
+    return state
+
+
+class ProgressFile:
+    """Writes this client's state to <progress-dir>/client-<id>.json, at most a few times a second."""
+
+    def __init__(self, cfg: RunConfig, partition_id: int) -> None:
+        folder = cfg.progress_dir or (str(Path(cfg.out_dir) / PROGRESS) if cfg.out_dir else "")
+        self.path = Path(folder) / f"client-{partition_id}.json" if folder else None
+        self.client = partition_id
+
+    def write(self, state: str, **fields: Any) -> None:
+        if self.path is None:
+            return
+        try:
+            write_json_atomic(self.path, {
+                "client": self.client, "state": state, "pid": os.getpid(),
+                "time": round(time.time(), 3), **fields,
+            })
+        except OSError:
+            self.path = None  # a remote client without the run folder: progress stays local
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = from_run_config(context.run_config)
+    partition_id, num_partitions = _partition(context)
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
+    epochs = int(config.get("local-epochs", cfg.local_epochs))
+    progress = ProgressFile(cfg, partition_id)
+    progress.write("starting", round=server_round)
+    state = client_state(cfg, partition_id, num_partitions)
+    state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    optimizer = make_optimizer(state.model, cfg, float(config.get("lr", cfg.lr)))
+
+    def report(epoch: int, batch: int, batches: int, samples: int, loss: float | None) -> None:
+        progress.write("training", round=server_round, epoch=epoch, epochs=epochs,
+                       batch=batch, batches=batches, samples=samples, train_loss=loss)
+
+    stats = train_epochs(
+        state.model, state.train, optimizer,
+        epochs=epochs, batch_size=cfg.batch_size, precision=cfg.precision,
+        generator=seeded_generator(state.device, cfg.seed, partition_id, server_round),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        progress=report,
+    )
+    progress.write("waiting", round=server_round, epoch=epochs, epochs=epochs,
+                   samples=stats.samples, train_loss=stats.loss)
+    metrics = MetricRecord({
+        "train-loss": stats.loss,
+        "num-examples": len(state.train),
+        "train-seconds": stats.seconds,
+        "partition-id": partition_id,
+    })
+    content = RecordDict({"arrays": ArrayRecord(state.model.state_dict()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_handler(msg: Message, context: Context) -> Message:
+    cfg = from_run_config(context.run_config)
+    partition_id, num_partitions = _partition(context)
+    progress = ProgressFile(cfg, partition_id)
+    progress.write("evaluating")
+    state = client_state(cfg, partition_id, num_partitions)
+    state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    loss, accuracy = evaluate(state.model, state.test, batch_size=cfg.eval_batch_size,
+                              precision=cfg.precision)
+    progress.write("waiting")
+    metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(state.test)})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,145 @@
+"""The ServerApp: drives the rounds with a Flower strategy and evaluates the global model centrally."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from logging import INFO, WARNING
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedcore.config import RunConfig, from_run_config
+from fedcore.models import build_model
+from fedcore.partition import parse_partition, partition_indices, partition_stats
+from fedcore.rundir import RunDir, plot_curves, summarize
+from fedcore.strategies import make_strategy
+from fedcore.task import load_split
+from fedcore.train import DeviceData, evaluate, pick_device, prepare_model, scheduled_lr
+
+app = ServerApp()
+POLL_START, POLL_MAX = 0.02, 0.2
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = from_run_config(context.run_config)
+    out = cfg.out_dir or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run = RunDir(out).create()
+    if not (run.path / "config.json").exists():
+        run.write_config({"mode": "federated", **cfg.to_json()})
+    run_federated(grid, cfg, run)
+
+
+def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
+    """Rounds cfg.rounds of training, with a checkpoint and a metrics line after each."""
+    started = time.time()
+    device = pick_device()
+    split = load_split(cfg, log=lambda text: log(INFO, text))
+    parts = partition_indices(
+        split.train.labels, cfg.clients, parse_partition(cfg.partition), cfg.seed,
+        num_classes=len(split.classes),
+    )
+    run.write_partitions(partition_stats(split.train.labels, parts, split.classes))
+    test = DeviceData(split.test, device, augment=False)
+    model = prepare_model(build_model(cfg.model), device)
+
+    first_round, train_images, best = 1, 0, -1.0
+    resumed = run.load_checkpoint("last")
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+        first_round = int(resumed["round"]) + 1
+        train_images = int(resumed["train_images"])
+        best = float(resumed["best_accuracy"])
+        log(INFO, "resuming after round %d from %s", first_round - 1, run.path)
+    arrays = ArrayRecord(model.state_dict())
+    strategy = make_strategy(cfg.strategy, cfg.fraction_train)
+    run.append_metric(
+        "start", mode="federated", total=cfg.rounds, first_round=first_round,
+        model=cfg.model, dataset=cfg.dataset, partition=cfg.partition, clients=cfg.clients,
+        train_size=len(split.train), test_size=len(split.test), device=str(device),
+    )
+    wait_for_nodes(grid, cfg.clients, cfg.round_timeout)
+
+    for server_round in range(first_round, cfg.rounds + 1):
+        round_started = time.time()
+        run.append_metric("round_start", round=server_round, total=cfg.rounds)
+        config = ConfigRecord({
+            "lr": scheduled_lr(cfg, server_round - 1, cfg.rounds),
+            "local-epochs": cfg.local_epochs,
+        })
+        messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        replies = send_and_collect(grid, messages, cfg.round_timeout)
+        ok = [m for m in replies if not m.has_error()]
+        for failed in (m for m in replies if m.has_error()):
+            log(WARNING, "round %d: a client failed: %s", server_round, failed.error.reason)
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
+        if new_arrays is not None:
+            arrays = new_arrays
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate(model, test, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+        images = sum(int(m.content["metrics"]["num-examples"]) for m in ok) * cfg.local_epochs
+        train_images += images
+        best = max(best, accuracy)
+        state = {
+            "round": server_round, "state_dict": model.state_dict(), "accuracy": accuracy,
+            "best_accuracy": best, "train_images": train_images,
+        }
+        run.save_checkpoint("last", state)
+        if accuracy >= best:
+            run.save_checkpoint("best", state)
+        train_loss = train_metrics.get("train-loss") if train_metrics else None
+        run.append_metric(
+            "round", round=server_round, total=cfg.rounds, accuracy=accuracy, loss=loss,
+            train_loss=train_loss, replies=len(ok), failures=len(messages) - len(ok),
+            seconds=round(time.time() - round_started, 3), train_images=train_images,
+            best_accuracy=best,
+            client_train_seconds=max(
+                (float(m.content["metrics"].get("train-seconds", 0.0)) for m in ok), default=0.0
+            ),
+        )
+        log(INFO, "round %d/%d: accuracy %.4f loss %.4f (%d replies)",
+            server_round, cfg.rounds, accuracy, loss, len(ok))
+
+    run.append_metric("end", exit_reason="completed")
+    run.write_summary(summarize(run, mode="federated", exit_reason="completed",
+                                wall_seconds=time.time() - started))
+    plot_curves(run)
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
+    """Wait until `expected` SuperNodes are connected, or go on with those there at `timeout`."""
+    deadline = time.monotonic() + timeout
+    announced = -1
+    while (connected := len(list(grid.get_node_ids()))) < expected:
+        if time.monotonic() > deadline and connected > 0:
+            log(WARNING, "going on with %d of %d clients connected", connected, expected)
+            return
+        if connected != announced:
+            log(INFO, "waiting for clients: %d of %d connected", connected, expected)
+            announced = connected
+        time.sleep(0.1)
+
+
+def send_and_collect(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Push `messages` and pull each reply as soon as it lands, until all are in or `timeout`."""
+    pending = set(grid.push_messages(messages)) - {None}
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    delay = POLL_START
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        delay = POLL_START if got else min(POLL_MAX, delay * 1.5)
+        if pending:
+            time.sleep(delay)
+    if pending:
+        log(WARNING, "round timeout: %d client(s) did not reply in %.0f s", len(pending), timeout)
+    return replies
+
+
+torch.backends.cudnn.benchmark = True

@@ -1,0 +1,1 @@
+"""launcher: the asyncio supervisor that starts, follows and stops a fedlaunch run."""

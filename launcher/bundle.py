@@ -1,0 +1,71 @@
+"""The Flower app folder `flwr run` submits, made in the run folder from the installed fedcore."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import fedcore
+from fedcore.config import RunConfig
+
+APP_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedlaunch-app"
+version = "1.0.0"
+description = "fedlaunch's Flower app: CIFAR-10 federated training"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedlaunch"
+
+[tool.flwr.app.components]
+serverapp = "fedcore.server_app:app"
+clientapp = "fedcore.client_app:app"
+
+[tool.flwr.app.config]
+{config}
+"""
+
+
+def toml_value(value: Any) -> str:
+    """A flat TOML scalar: bool, int, float or a basic string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def toml_table(values: dict[str, Any]) -> str:
+    return "\n".join(f"{key} = {toml_value(value)}" for key, value in values.items()) + "\n"
+
+
+def make_app(folder: Path, cfg: RunConfig) -> Path:
+    """Copy the fedcore package beside a pyproject whose config defaults are `cfg`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = Path(fedcore.__file__).parent
+    target = folder / "fedcore"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    config = toml_table(cfg.to_run_config())
+    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(config=config))
+    return folder
+
+
+def write_flwr_config(flwr_home: Path, address: str, name: str = "fedlaunch") -> Path:
+    """FLWR_HOME/config.toml naming this run's SuperLink, so the user's ~/.flwr stays untouched."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+        f'address = "{address}"\ninsecure = true\n'
+    )
+    return path

@@ -1,0 +1,192 @@
+"""The `fedlaunch` command line: parse, check, plan, then run headless or under the TUI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from fedcore.config import OPTIMIZERS, PRECISIONS, SCHEDULES, RunConfig, from_mapping, validate
+from fedcore.errors import UsageError
+from launcher.profiles import LAUNCHER_KEYS, describe_profiles, load_profile
+
+EXAMPLES = """\
+examples:
+  fedlaunch --clients 8 --gpus 0,1                 8 clients, round-robin over GPUs 0 and 1
+  fedlaunch --profile quick                        a one-minute look on CPU
+  fedlaunch --clients 3 --rounds 2 --dataset synthetic --model cnn --headless
+  fedlaunch --local --epochs 20                    the same model and data, no federation
+  fedlaunch --dry-run --clients 4                  print the processes, GPUs and ports; start nothing
+  fedlaunch report runs/A runs/B                   curves of two runs side by side
+
+exit codes: 0 done, 1 run failed, 2 bad input, 130 interrupted (Ctrl+C), 143 terminated
+"""
+
+# CLI flag -> RunConfig key; value types come from RunConfig, so names agree everywhere.
+CONFIG_FLAGS: dict[str, str] = {
+    "dataset": "dataset name: cifar10 or synthetic (generated, offline)",
+    "data-dir": "folder with CIFAR-10 (batches folder, .tar.gz or image folders)",
+    "limit-train": "use a fixed subset of N training images",
+    "limit-test": "use a fixed subset of N test images",
+    "partition": "iid, dirichlet:ALPHA or classes:K (default dirichlet:0.5)",
+    "clients": "number of clients (SuperNodes)",
+    "model": "cnn, mobilenetv2 or resnet18",
+    "rounds": "federated rounds",
+    "local-epochs": "epochs each client trains per round",
+    "epochs": "epochs of a --local run",
+    "batch-size": "training batch size",
+    "eval-batch-size": "evaluation batch size",
+    "optimizer": f"one of {', '.join(OPTIMIZERS)}",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "weight-decay": "weight decay",
+    "schedule": f"learning-rate schedule: {', '.join(SCHEDULES)}",
+    "strategy": "fedavg, fedprox:MU or fedadam",
+    "fraction-train": "fraction of clients sampled each round",
+    "seed": "seed for partitioning, shuffling and augmentation",
+    "precision": f"{', '.join(PRECISIONS)} (auto: bf16 on CUDA, fp32 on CPU)",
+    "round-timeout": "seconds a round waits for replies",
+}
+
+
+METAVARS = {int: "N", float: "X"}
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see fedlaunch --help)")
+
+
+def number(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind.__name__}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> Parser:
+    defaults = RunConfig()
+    parser = Parser(
+        prog="fedlaunch",
+        description="Federated learning of CIFAR-10 on this machine's GPUs: a Flower SuperLink, "
+        "one SuperNode per client pinned to a GPU, a live view of the run.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--local", action="store_true", default=None,
+                     help="train without federation (the baseline)")
+    run.add_argument("--gpus", help="GPU ids like 0,1, 'all' or 'cpu' (default: all GPUs, or CPU)")
+    run.add_argument("--profile", help="a profile name (see --list-profiles) or a .toml path")
+    run.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
+    run.add_argument("--out", help="run folder (default: runs/<timestamp>)")
+    run.add_argument("--max-restarts", type=number(int), default=None,
+                     help="restarts allowed per client process (default 3)")
+    run.add_argument("--headless", action="store_true", help="no TUI: print logs and progress")
+    run.add_argument("--exit-on-finish", action="store_true", help="leave the TUI when the run ends")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    settings = parser.add_argument_group("training (flags override the profile)")
+    for key, text in CONFIG_FLAGS.items():
+        default = getattr(defaults, key.replace("-", "_"))
+        kind = type(default)
+        settings.add_argument(f"--{key}", type=number(kind) if kind in (int, float) else str,
+                              default=None, metavar=METAVARS.get(kind, "TEXT"),
+                              help=f"{text} (default {default if default != '' else 'none'})")
+    settings.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                          help="no random crop and flip")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+    """Defaults, then the profile, then explicit flags; returns the config and launcher options."""
+    launcher: dict[str, Any] = {"local": False, "gpus": None, "max-restarts": 3}
+    cfg = RunConfig()
+    if args.profile:
+        where, values = load_profile(args.profile)
+        for key, kind in LAUNCHER_KEYS.items():
+            if key in values:
+                value = values.pop(key)
+                if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+                    raise UsageError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+                launcher[key] = value
+        cfg = from_mapping(values, where, cfg)
+    explicit = {key: getattr(args, key.replace("-", "_")) for key in CONFIG_FLAGS}
+    explicit["augment"] = args.augment
+    cfg = from_mapping({k: v for k, v in explicit.items() if v is not None}, "command line", cfg)
+    for key in ("local", "gpus", "max_restarts"):
+        value = getattr(args, key)
+        if value is not None:
+            launcher[key.replace("_", "-")] = value
+    if launcher["max-restarts"] < 0:
+        raise UsageError(f"--max-restarts must be 0 or more, got {launcher['max-restarts']}")
+    return validate(cfg), launcher
+
+
+def run_folder(out: str | None) -> Path:
+    """The run folder: new, or empty; never an existing folder of someone else's files."""
+    if out is None:
+        path = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        suffix = 1
+        while path.exists():
+            path = path.with_name(f"{path.name.split('.')[0]}.{suffix}")
+            suffix += 1
+        return path.resolve()
+    path = Path(out).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the run")
+    if path.is_dir() and any(path.iterdir()):
+        if (path / "config.json").exists():
+            raise UsageError(f"--out {out} already holds a fedlaunch run; choose another --out")
+        raise UsageError(f"--out {out} is not empty and is not a fedlaunch run; choose another --out")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    try:
+        if args_list[:1] == ["report"]:
+            from launcher.report_cli import report_main
+
+            return report_main(args_list[1:])
+        return launch(args_list)
+    except UsageError as exc:
+        print(f"fedlaunch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedlaunch: interrupted", file=sys.stderr)
+        return 130
+
+
+def launch(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_profiles:
+        print(describe_profiles())
+        return 0
+    cfg, opts = resolve_config(args)
+    from launcher.prepare import make_plan
+
+    run_dir = run_folder(args.out)
+    plan = make_plan(cfg, run_dir, local=opts["local"], gpus=opts["gpus"],
+                     max_restarts=opts["max-restarts"], dry_run=args.dry_run)
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+    headless = args.headless or not sys.stdout.isatty()
+    from launcher.runner import run_headless, run_tui
+
+    if headless:
+        return asyncio.run(run_headless(plan))
+    return run_tui(plan, exit_on_finish=args.exit_on_finish)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

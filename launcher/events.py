@@ -1,0 +1,167 @@
+"""Typed events a run publishes, and the bus that hands them to every consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ClientState = Literal[
+    "starting", "waiting", "training", "evaluating", "restarting", "failed", "stopped"
+]
+Mode = Literal["federated", "local"]
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The plan is fixed and processes are about to start."""
+
+    run_name: str
+    mode: Mode
+    model: str
+    dataset: str
+    partition: str
+    total: int  # rounds (federated) or epochs (local)
+    num_clients: int  # 1 trainer for a local run
+    out_dir: str
+    started_at: float  # time.time()
+    client_gpus: tuple[int | None, ...] = ()  # physical GPU id per client, None = CPU
+
+
+@dataclass(frozen=True)
+class ProcessStarted:
+    """A child process is running; `client` is its partition id for SuperNodes."""
+
+    name: str
+    pid: int
+    role: str  # "superlink", "supernode", "submit", "local"
+    gpu: int | None = None
+    client: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessExited:
+    """A child process ended; `expected` is False when it died on its own."""
+
+    name: str
+    returncode: int | None
+    expected: bool
+    restarts: int = 0
+    will_restart: bool = False
+    client: int | None = None
+    log_tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a child printed (also written to logs/<name>.log)."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ClientProgress:
+    """Where one client stands inside a round, from its progress file."""
+
+    client: int
+    state: ClientState
+    round: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    batch: int = 0
+    batches: int = 0
+    samples: int = 0
+    train_loss: float | None = None
+    gpu: int | None = None
+
+
+@dataclass(frozen=True)
+class RoundStarted:
+    """A round (or an epoch of a local run) began."""
+
+    round: int
+    total: int
+
+
+@dataclass(frozen=True)
+class RoundFinished:
+    """A round (or local epoch) ended and the global model was evaluated."""
+
+    round: int
+    total: int
+    accuracy: float
+    loss: float
+    train_loss: float | None
+    replies: int
+    seconds: float
+    best_accuracy: float
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One NVML reading of one physical GPU."""
+
+    index: int
+    name: str
+    utilization: int | None  # percent; None when NVML cannot tell
+    memory_used: int | None  # bytes; None when NVML cannot tell
+    memory_total: int | None  # bytes
+    pids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuStats:
+    """A reading of every GPU the run uses; empty in CPU mode."""
+
+    samples: tuple[GpuSample, ...]
+    cpu_mode: bool = False
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should read: a warning or a state change."""
+
+    level: Literal["info", "warning", "error"]
+    text: str
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The run ended; processes are stopped and summary.json is written."""
+
+    exit_reason: str  # "completed", "interrupted", "terminated", "failed"
+    exit_code: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    failed_process: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+
+Event = (
+    RunStarted
+    | ProcessStarted
+    | ProcessExited
+    | LogLine
+    | ClientProgress
+    | RoundStarted
+    | RoundFinished
+    | GpuStats
+    | Notice
+    | RunFinished
+)
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Hands each published event to every subscriber, in the order they subscribed."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def publish(self, event: Event) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber(event)

@@ -1,0 +1,120 @@
+"""Turns what the Flower app writes (metrics.jsonl, progress files) into launcher events."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fedcore.rundir import METRICS, PROGRESS
+from launcher.events import ClientProgress, Event, RoundFinished, RoundStarted
+
+
+class RunFollower:
+    """Reads new metrics lines and changed progress files each time `poll()` is called."""
+
+    def __init__(self, run_dir: Path, client_gpus: tuple[int | None, ...] = ()) -> None:
+        self.metrics_path = run_dir / METRICS
+        self.progress_dir = run_dir / PROGRESS
+        self.client_gpus = client_gpus
+        self._offset = 0
+        self._partial = b""
+        self._seen: dict[str, tuple[int, int]] = {}
+        self.records: list[dict[str, Any]] = []
+
+    def poll(self) -> list[Event]:
+        return self._poll_metrics() + self._poll_progress()
+
+    def _poll_metrics(self) -> list[Event]:
+        try:
+            with self.metrics_path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        events: list[Event] = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            self.records.append(record)
+            event = metric_event(record)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _poll_progress(self) -> list[Event]:
+        events: list[Event] = []
+        try:
+            entries = list(os.scandir(self.progress_dir))
+        except FileNotFoundError:
+            return events
+        for entry in entries:
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            try:
+                stat = entry.stat()
+                stamp = (stat.st_mtime_ns, stat.st_size)
+                if self._seen.get(entry.name) == stamp:
+                    continue
+                record = json.loads(Path(entry.path).read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            self._seen[entry.name] = stamp
+            event = progress_event(record, self.client_gpus)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def ended(self) -> dict[str, Any] | None:
+        """The metrics 'end' record once the app wrote it."""
+        return next((r for r in reversed(self.records) if r.get("event") == "end"), None)
+
+
+def metric_event(record: dict[str, Any]) -> Event | None:
+    kind = record.get("event")
+    try:
+        if kind == "round_start":
+            return RoundStarted(round=int(record["round"]), total=int(record["total"]))
+        if kind in ("round", "epoch"):
+            train_loss = record.get("train_loss")
+            return RoundFinished(
+                round=int(record[kind]),
+                total=int(record["total"]),
+                accuracy=float(record["accuracy"]),
+                loss=float(record["loss"]),
+                train_loss=float(train_loss) if train_loss is not None else None,
+                replies=int(record.get("replies", 0)),
+                seconds=float(record.get("seconds", 0.0)),
+                best_accuracy=float(record.get("best_accuracy", record["accuracy"])),
+            )
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def progress_event(record: dict[str, Any], client_gpus: tuple[int | None, ...]) -> Event | None:
+    try:
+        client = int(record["client"])
+        loss = record.get("train_loss")
+        return ClientProgress(
+            client=client,
+            state=record.get("state", "training"),
+            round=int(record.get("round", 0)),
+            epoch=int(record.get("epoch", 0)),
+            epochs=int(record.get("epochs", 0)),
+            batch=int(record.get("batch", 0)),
+            batches=int(record.get("batches", 0)),
+            samples=int(record.get("samples", 0)),
+            train_loss=float(loss) if loss is not None else None,
+            gpu=client_gpus[client] if client < len(client_gpus) else None,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -1,0 +1,152 @@
+"""The plan of a run: its folder, ports, GPU placement and every process's command line."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedcore.config import RunConfig
+from launcher.bundle import toml_table
+from launcher.placement import Placement, client_env
+from launcher.procs import ProcessSpec
+
+FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+FEDERATION = "fedlaunch"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before the first process starts; `--dry-run` prints it."""
+
+    mode: str  # "federated" or "local"
+    cfg: RunConfig
+    run_dir: Path
+    placement: Placement
+    processes: tuple[ProcessSpec, ...]
+    superlink_address: str = ""
+    max_restarts: int = 3
+
+    @property
+    def client_gpus(self) -> tuple[int | None, ...]:
+        return self.placement.client_gpu
+
+    def describe(self) -> str:
+        """A human-readable plan: each process, its GPU, its command line."""
+        where = (
+            ", ".join(f"GPU {g.index} ({g.name})" for g in self.placement.gpus)
+            if self.placement.gpus else "CPU"
+        )
+        lines = [
+            f"run folder: {self.run_dir}",
+            f"mode: {self.mode}; model {self.cfg.model}; data {self.cfg.dataset}; "
+            + (f"{self.cfg.clients} clients, {self.cfg.rounds} rounds x {self.cfg.local_epochs} "
+               f"local epochs, partition {self.cfg.partition}, strategy {self.cfg.strategy}"
+               if self.mode == "federated" else f"{self.cfg.epochs} epochs"),
+            f"devices: {where}",
+        ]
+        if self.superlink_address:
+            lines.append(f"superlink: {self.superlink_address}")
+        for spec in self.processes:
+            gpu = "cpu" if spec.gpu is None else f"GPU {spec.gpu}"
+            lines.append(f"  {spec.name:<10} {gpu:<6} {shlex.join(spec.argv)}")
+        lines.extend(f"note: {n}" for n in self.placement.notes)
+        lines.extend(f"warning: {w}" for w in self.placement.warnings)
+        return "\n".join(lines)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def bin_path(name: str) -> str:
+    """A console script of this Python's environment (flower-superlink, flwr, ...)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flwr_home(run_dir: Path, name: str) -> str:
+    return str(run_dir / "flwr" / name)
+
+
+def federated_plan(
+    cfg: RunConfig,
+    run_dir: Path,
+    placement: Placement,
+    *,
+    superlink_port: int | None = None,
+    max_restarts: int = 3,
+) -> Plan:
+    """SuperLink, one SuperNode per client pinned to its GPU, and the `flwr run` submitter."""
+    host = "127.0.0.1"
+    port = superlink_port or free_port(host)
+    address = f"{host}:{port}"
+    server_gpu = placement.gpus[0] if placement.gpus else None
+    specs = [
+        ProcessSpec(
+            name="superlink",
+            role="superlink",
+            argv=(bin_path("flower-superlink"), "--insecure", "--host", host, "--port", str(port),
+                  "--disable-runtime-dependency-installation"),
+            env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(server_gpu)},
+            gpu=server_gpu.index if server_gpu else None,
+        )
+    ]
+    gpus_by_id = {g.index: g for g in placement.gpus}
+    for i, gpu_id in enumerate(placement.client_gpu):
+        gpu = gpus_by_id.get(gpu_id) if gpu_id is not None else None
+        specs.append(
+            ProcessSpec(
+                name=f"client-{i}",
+                role="supernode",
+                argv=(bin_path("flower-supernode"), "--insecure", "--superlink", address,
+                      "--node-config", f"partition-id={i} num-partitions={cfg.clients}",
+                      "--host", host, "--port", str(free_port(host))),
+                env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, f"client-{i}"), **client_env(gpu)},
+                gpu=gpu_id,
+                client=i,
+                restartable=True,
+            )
+        )
+    specs.append(
+        ProcessSpec(
+            name="server",
+            role="submit",
+            argv=(bin_path("flwr"), "run", str(run_dir / "app"), FEDERATION,
+                  "--run-config", str(run_dir / "run_config.toml"), "--stream"),
+            env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "submit")},
+        )
+    )
+    return Plan("federated", cfg, run_dir, placement, tuple(specs), address, max_restarts)
+
+
+def local_plan(cfg: RunConfig, run_dir: Path, placement: Placement) -> Plan:
+    """One trainer process on the first GPU (or the CPU)."""
+    gpu = placement.gpus[0] if placement.gpus else None
+    spec = ProcessSpec(
+        name="local",
+        role="local",
+        argv=(sys.executable, "-m", "fedcore.local", str(run_dir)),
+        env={**client_env(gpu), "PYTHONUNBUFFERED": "1"},
+        gpu=gpu.index if gpu else None,
+        client=0,
+    )
+    return Plan("local", cfg, run_dir, placement, (spec,), "", 0)
+
+
+def run_config_toml(cfg: RunConfig) -> str:
+    return toml_table(cfg.to_run_config())

@@ -1,0 +1,164 @@
+"""Child processes: start in their own process group, log every line to a file, stop for sure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+STREAM_LIMIT = 1 << 20
+LINE_SPLIT = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """How to start one child: what the plan shows and what the supervisor runs."""
+
+    name: str
+    role: str  # "superlink", "supernode", "submit", "local"
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    gpu: int | None = None
+    client: int | None = None
+    restartable: bool = False
+
+
+class ManagedProcess:
+    """One running child, its reader task and its log file."""
+
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        log_path: Path,
+        on_line: Callable[[str, str], None],
+        base_env: dict[str, str],
+        cwd: Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.log_path = log_path
+        self.on_line = on_line
+        self.base_env = base_env
+        self.cwd = cwd
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.tail: deque[str] = deque(maxlen=40)
+        self.stopping = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc else None
+
+    async def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**self.base_env, **self.spec.env}
+        self.stopping = False
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.spec.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=self.cwd,
+            start_new_session=True,
+            limit=STREAM_LIMIT,
+        )
+        self.reader = asyncio.create_task(self._read(self.proc), name=f"read-{self.name}")
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        """Copy the child's output to its log file line by line, then wait for it to exit."""
+        assert proc.stdout is not None
+        pending = ""
+        with self.log_path.open("a", buffering=1, errors="replace") as log:
+            while chunk := await proc.stdout.read(65536):
+                pending += chunk.decode(errors="replace")
+                *lines, pending = LINE_SPLIT.split(pending)
+                for line in lines:
+                    self._emit(line, log)
+            if pending:
+                self._emit(pending, log)
+        await proc.wait()
+
+    def _emit(self, line: str, log: object) -> None:
+        line = line.rstrip()
+        if not line:
+            return
+        log.write(line + "\n")  # type: ignore[attr-defined]
+        self.tail.append(line)
+        self.on_line(self.name, line)
+
+    async def wait(self) -> int:
+        assert self.proc is not None and self.reader is not None
+        await self.reader
+        return self.proc.returncode if self.proc.returncode is not None else -1
+
+    def send(self, sig: int) -> None:
+        """Send `sig` to the child's whole process group."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def descendants(self) -> list[psutil.Process]:
+        if self.proc is None:
+            return []
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+
+async def stop_all(processes: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
+    """SIGTERM every process group, wait to a deadline, SIGKILL survivors, sweep escaped descendants."""
+    live = [p for p in processes if p.proc is not None]
+    escaped: list[psutil.Process] = []
+    for p in live:
+        escaped.extend(p.descendants())
+        p.stopping = True
+        p.send(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in live:
+        assert p.reader is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(p.reader), max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            p.send(signal.SIGKILL)
+    for p in live:
+        escaped.extend(p.descendants())
+        p.send(signal.SIGKILL)
+        assert p.reader is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(p.reader), 5.0)
+        except TimeoutError:
+            pass
+    sweep(escaped)
+
+
+def sweep(processes: Sequence[psutil.Process]) -> None:
+    """Kill any process in the list that is still alive (children that left their group)."""
+    alive = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                proc.kill()
+                alive.append(proc)
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=3)

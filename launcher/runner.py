@@ -1,0 +1,37 @@
+"""Runs a Plan: headless with a printer, or under the Textual view."""
+
+from __future__ import annotations
+
+from launcher.events import EventBus
+from launcher.gpus import Nvml
+from launcher.headless import HeadlessPrinter
+from launcher.plan import Plan
+from launcher.supervisor import Supervisor
+
+
+def make_supervisor(plan: Plan, bus: EventBus) -> Supervisor:
+    nvml = Nvml() if plan.placement.gpus else None
+    return Supervisor(plan, bus, nvml=nvml)
+
+
+async def run_headless(plan: Plan) -> int:
+    bus = EventBus()
+    bus.subscribe(HeadlessPrinter())
+    supervisor = make_supervisor(plan, bus)
+    supervisor.install_signal_handlers()
+    return await supervisor.run()
+
+
+def run_tui(plan: Plan, *, exit_on_finish: bool = False) -> int:
+    from launcher.tui.app import FedlaunchApp
+
+    bus = EventBus()
+    supervisor = make_supervisor(plan, bus)
+
+    async def run() -> int:
+        supervisor.install_signal_handlers()
+        return await supervisor.run()
+
+    app = FedlaunchApp(bus, run, supervisor.request_stop, exit_on_finish=exit_on_finish)
+    code = app.run()
+    return int(code) if code is not None else 1

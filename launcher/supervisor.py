@@ -1,0 +1,270 @@
+"""The run's lifecycle: start processes in order, follow them, restart clients, stop everything."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from fedcore.rundir import RunDir, summarize
+from launcher.bundle import make_app, write_flwr_config
+from launcher.events import (
+    ClientProgress,
+    EventBus,
+    GpuSample,
+    GpuStats,
+    LogLine,
+    Notice,
+    ProcessExited,
+    ProcessStarted,
+    RunFinished,
+    RunStarted,
+)
+from launcher.follow import RunFollower
+from launcher.gpus import Nvml
+from launcher.plan import Plan, run_config_toml
+from launcher.procs import ManagedProcess, stop_all
+
+EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
+STOP_CODES = {"interrupted": EXIT_SIGINT, "terminated": EXIT_SIGTERM}
+
+
+def child_base_env() -> dict[str, str]:
+    """The environment children inherit, with this Python's scripts first on PATH.
+
+    Flower's processes start helpers (flower-superexec, flwr-serverapp) by name.
+    """
+    env = dict(os.environ)
+    scripts = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
+    return env
+
+
+class RunFailed(Exception):
+    """A process the run cannot go on without has died."""
+
+    def __init__(self, process: str, reason: str, tail: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{process} {reason}")
+        self.process = process
+        self.tail = tail
+
+
+class Supervisor:
+    """Runs one Plan to its end and publishes what happens on the bus."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        bus: EventBus,
+        *,
+        nvml: Nvml | None = None,
+        poll_interval: float = 0.25,
+        gpu_interval: float = 1.0,
+        stop_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.plan = plan
+        self.bus = bus
+        self.nvml = nvml
+        self.poll_interval = poll_interval
+        self.gpu_interval = gpu_interval
+        self.stop_timeout = stop_timeout
+        self.clock = clock
+        self.rundir = RunDir(plan.run_dir)
+        self.follower = RunFollower(plan.run_dir, plan.client_gpus)
+        self.processes: dict[str, ManagedProcess] = {}
+        self.restarts: dict[str, int] = {}
+        self._stop_reason: str | None = None
+        self._wake = asyncio.Event()
+        self._base_env = child_base_env()
+
+    def request_stop(self, reason: str = "interrupted") -> None:
+        """Ask the run to stop gracefully (Ctrl+C, q, SIGTERM); safe to call more than once."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self.bus.publish(Notice("warning", f"stopping ({reason})..."))
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "interrupted")
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "terminated")
+
+    async def run(self) -> int:
+        started = self.clock()
+        plan = self.plan
+        self.bus.publish(RunStarted(
+            run_name=plan.run_dir.name, mode=plan.mode,  # type: ignore[arg-type]
+            model=plan.cfg.model, dataset=plan.cfg.dataset,
+            partition=plan.cfg.partition if plan.mode == "federated" else "none",
+            total=plan.cfg.rounds if plan.mode == "federated" else plan.cfg.epochs,
+            num_clients=len(plan.client_gpus) if plan.mode == "federated" else 1,
+            out_dir=str(plan.run_dir), started_at=started, client_gpus=plan.client_gpus,
+        ))
+        for note in plan.placement.notes:
+            self.bus.publish(Notice("info", note))
+        for warning in plan.placement.warnings:
+            self.bus.publish(Notice("warning", warning))
+        reason, code, failed, tail = "completed", EXIT_OK, None, ()
+        try:
+            self._prepare()
+            await self._start_all()
+            reason = await self._follow()
+            code = STOP_CODES.get(reason, EXIT_OK)
+        except RunFailed as exc:
+            reason, code, failed, tail = "failed", EXIT_FAILED, exc.process, exc.tail
+            self.bus.publish(Notice("error", str(exc)))
+        finally:
+            await stop_all(list(self.processes.values()), self.stop_timeout)
+            self._publish_events()
+        if self._stop_reason and reason == "failed":
+            reason, code = self._stop_reason, STOP_CODES[self._stop_reason]
+        summary = self._write_summary(reason, self.clock() - started)
+        self.bus.publish(RunFinished(reason, code, summary, failed, tuple(tail)))
+        return code
+
+    def _prepare(self) -> None:
+        plan = self.plan
+        self.rundir.create()
+        if plan.mode == "federated":
+            make_app(plan.run_dir / "app", plan.cfg)
+            (plan.run_dir / "run_config.toml").write_text(run_config_toml(plan.cfg))
+            submit = next(p for p in plan.processes if p.role == "submit")
+            write_flwr_config(plan.run_dir / "flwr" / "submit", plan.superlink_address)
+            assert submit.env["FLWR_HOME"] == str(plan.run_dir / "flwr" / "submit")
+
+    async def _start(self, name: str) -> ManagedProcess:
+        spec = next(p for p in self.plan.processes if p.name == name)
+        proc = ManagedProcess(
+            spec, self.plan.run_dir / "logs" / f"{name}.log", self._on_line, self._base_env,
+            cwd=self.plan.run_dir,
+        )
+        self.processes[name] = proc
+        await proc.start()
+        assert proc.pid is not None
+        self.bus.publish(ProcessStarted(name, proc.pid, spec.role, spec.gpu, spec.client))
+        if spec.client is not None:
+            self.bus.publish(ClientProgress(client=spec.client, state="starting", gpu=spec.gpu))
+        return proc
+
+    def _on_line(self, name: str, text: str) -> None:
+        self.bus.publish(LogLine(name, text))
+
+    async def _start_all(self) -> None:
+        if self.plan.mode == "local":
+            await self._start("local")
+            return
+        await self._start("superlink")
+        await self._wait_superlink()
+        for spec in self.plan.processes:
+            if spec.role == "supernode":
+                await self._start(spec.name)
+        await self._start("server")
+
+    async def _wait_superlink(self, timeout: float = 60.0) -> None:
+        """Wait until the SuperLink accepts connections; fail if it exits first."""
+        host, port = self.plan.superlink_address.rsplit(":", 1)
+        deadline = time.monotonic() + timeout
+        link = self.processes["superlink"]
+        while time.monotonic() < deadline:
+            if link.returncode is not None:
+                raise RunFailed("superlink", f"exited with code {link.returncode} at start",
+                                tuple(link.tail))
+            if self._stop_reason:
+                return
+            try:
+                _, writer = await asyncio.open_connection(host, int(port))
+                writer.close()
+                await writer.wait_closed()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise RunFailed("superlink", f"did not answer on {self.plan.superlink_address} "
+                        f"within {timeout:.0f} s", tuple(link.tail))
+
+    async def _follow(self) -> str:
+        """Publish progress until the run ends or a stop is asked for; return the exit reason."""
+        next_gpu = 0.0
+        while True:
+            if self._stop_reason:
+                return self._stop_reason
+            self._publish_events()
+            if time.monotonic() >= next_gpu:
+                self._publish_gpus()
+                next_gpu = time.monotonic() + self.gpu_interval
+            outcome = await self._check_processes()
+            if outcome is not None:
+                return outcome
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+
+    def _publish_events(self) -> None:
+        for event in self.follower.poll():
+            self.bus.publish(event)
+
+    def _publish_gpus(self) -> None:
+        if self.nvml is None or not self.plan.placement.gpus:
+            self.bus.publish(GpuStats((), cpu_mode=True))
+            return
+        indices = [g.index for g in self.plan.placement.gpus]
+        samples: list[GpuSample] = self.nvml.sample(indices)
+        self.bus.publish(GpuStats(tuple(samples)))
+
+    async def _check_processes(self) -> str | None:
+        for name, proc in list(self.processes.items()):
+            if proc.returncode is None or proc.stopping:
+                continue
+            assert proc.reader is not None
+            await proc.reader  # the log is complete once the reader is done
+            spec = proc.spec
+            if spec.role in ("submit", "local"):
+                self._publish_events()
+                if self.follower.ended() is not None:
+                    return "completed"
+                raise RunFailed(name, f"ended (exit code {proc.returncode}) before the run "
+                                "completed", tuple(proc.tail))
+            if spec.role == "superlink":
+                raise RunFailed(name, f"exited with code {proc.returncode}", tuple(proc.tail))
+            await self._client_died(proc)
+        return None
+
+    async def _client_died(self, proc: ManagedProcess) -> None:
+        name, spec = proc.name, proc.spec
+        used = self.restarts.get(name, 0)
+        again = spec.restartable and used < self.plan.max_restarts
+        self.bus.publish(ProcessExited(
+            name, proc.returncode, expected=False, restarts=used, will_restart=again,
+            client=spec.client, log_tail=tuple(proc.tail)[-10:],
+        ))
+        if spec.client is not None:
+            state = "restarting" if again else "failed"
+            self.bus.publish(ClientProgress(client=spec.client, state=state, gpu=spec.gpu))
+        if again:
+            self.restarts[name] = used + 1
+            self.bus.publish(Notice("warning", f"{name} exited with code {proc.returncode}; "
+                                    f"restarting it (restart {used + 1} of "
+                                    f"{self.plan.max_restarts})"))
+            await self._start(name)
+            return
+        proc.stopping = True
+        alive = [p for p in self.processes.values()
+                 if p.spec.role == "supernode" and p.returncode is None]
+        self.bus.publish(Notice("error", f"{name} exited with code {proc.returncode} and "
+                                "will not be restarted"))
+        if not alive:
+            raise RunFailed(name, "exited and no client is left", tuple(proc.tail))
+
+    def _write_summary(self, reason: str, wall: float) -> dict[str, object]:
+        self.rundir.create()
+        if self.follower.ended() is None and reason != "completed":
+            self.rundir.append_metric("end", exit_reason=reason)
+        summary = summarize(self.rundir, mode=self.plan.mode, exit_reason=reason, wall_seconds=wall)
+        summary["restarts"] = dict(self.restarts)
+        self.rundir.write_summary(summary)
+        return summary

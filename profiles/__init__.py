@@ -1,0 +1,1 @@
+"""Run profiles shipped with fedlaunch: `fedlaunch --profile NAME` reads NAME.toml from here."""
