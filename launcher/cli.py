@@ -89,6 +89,8 @@ def build_parser() -> Parser:
     run.add_argument("--profile", help="a profile name (see --list-profiles) or a .toml path")
     run.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
     run.add_argument("--out", help="run folder (default: runs/<timestamp>)")
+    run.add_argument("--port", type=number(int), default=None, metavar="N",
+                     help="SuperLink port on 127.0.0.1 (default: a free one)")
     run.add_argument("--max-restarts", type=number(int), default=None,
                      help="restarts allowed per client process (default 3)")
     run.add_argument("--headless", action="store_true", help="no TUI: print logs and progress")
@@ -176,7 +178,7 @@ def launch(argv: list[str]) -> int:
 
     run_dir = run_folder(args.out)
     plan = make_plan(cfg, run_dir, local=opts["local"], gpus=opts["gpus"],
-                     max_restarts=opts["max-restarts"], dry_run=args.dry_run)
+                     max_restarts=opts["max-restarts"], dry_run=args.dry_run, port=args.port)
     if args.dry_run:
         print(plan.describe())
         return 0

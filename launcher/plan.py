@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import sys
@@ -79,6 +80,12 @@ def bin_path(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def cpu_threads(processes: int) -> dict[str, str]:
+    """Share the CPU cores among `processes` trainers instead of each taking them all."""
+    count = str(max(1, (os.cpu_count() or 1) // max(1, processes)))
+    return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count}
+
+
 def flwr_home(run_dir: Path, name: str) -> str:
     return str(run_dir / "flwr" / name)
 
@@ -94,6 +101,7 @@ def federated_plan(
     """SuperLink, one SuperNode per client pinned to its GPU, and the `flwr run` submitter."""
     host = "127.0.0.1"
     port = superlink_port or free_port(host)
+    threads = cpu_threads(cfg.clients)
     address = f"{host}:{port}"
     server_gpu = placement.gpus[0] if placement.gpus else None
     specs = [
@@ -116,7 +124,8 @@ def federated_plan(
                 argv=(bin_path("flower-supernode"), "--insecure", "--superlink", address,
                       "--node-config", f"partition-id={i} num-partitions={cfg.clients}",
                       "--host", host, "--port", str(free_port(host))),
-                env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, f"client-{i}"), **client_env(gpu)},
+                env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, f"client-{i}"), **client_env(gpu),
+                     **threads},
                 gpu=gpu_id,
                 client=i,
                 restartable=True,

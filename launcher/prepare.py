@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from fedcore.config import RunConfig
+from fedcore.errors import UsageError
 from fedcore.models import check_model
 from fedcore.partition import parse_partition, partition_indices
 from fedcore.rundir import RunDir
@@ -13,7 +14,7 @@ from fedcore.strategies import check_strategy
 from fedcore.task import load_split
 from launcher.gpus import Nvml
 from launcher.placement import parse_gpus, plan_placement
-from launcher.plan import Plan, federated_plan, local_plan
+from launcher.plan import Plan, federated_plan, local_plan, port_in_use
 
 
 def say(text: str) -> None:
@@ -29,18 +30,24 @@ def make_plan(
     max_restarts: int = 3,
     dry_run: bool = False,
     nvml: Nvml | None = None,
+    port: int | None = None,
 ) -> Plan:
     """Validate names and data, place clients on GPUs, write config.json; raise UsageError."""
     check_model(cfg.model)
     if not local:
         check_strategy(cfg.strategy)
         spec = parse_partition(cfg.partition)
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+    if port is not None and port_in_use(port):
+        raise UsageError(f"--port {port} is already in use on 127.0.0.1; choose another or leave "
+                         "--port out to take a free one")
     request = parse_gpus(gpus)
     nvml = nvml or Nvml()
     placement = plan_placement(1 if local else cfg.clients, request, nvml)
     if dry_run:
         return local_plan(cfg, run_dir, placement) if local else federated_plan(
-            cfg, run_dir, placement, max_restarts=max_restarts)
+            cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port)
     split = load_split(cfg, log=say)
     if not local:
         partition_indices(split.train.labels, cfg.clients, spec, cfg.seed,
@@ -51,4 +58,4 @@ def make_plan(
     run.write_config({"mode": "local" if local else "federated", **cfg.to_json()})
     if local:
         return local_plan(cfg, run_dir, placement)
-    return federated_plan(cfg, run_dir, placement, max_restarts=max_restarts)
+    return federated_plan(cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port)
