@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from fedcore.errors import UsageError
 
@@ -137,9 +138,7 @@ def load_dataset(
 
 def _check_limit(flag: str, limit: int | None) -> None:
     if limit is not None and limit <= 0:
-        raise UsageError(
-            f"{flag} must be at least 1 (got {limit}); leave it out to use all samples"
-        )
+        raise UsageError(f"{flag} must be at least 1 (got {limit}); leave it out to use all samples")
 
 
 def _subset(data: ImageSet, limit: int | None, seed: int) -> ImageSet:
@@ -175,25 +174,23 @@ def _class_patterns(rng: np.random.Generator, num_classes: int) -> np.ndarray:
 def _synthetic_images(patterns: np.ndarray, n: int, rng: np.random.Generator) -> ImageSet:
     num_classes = patterns.shape[0]
     mixed = patterns[:, None] + 0.6 * patterns[None, :]
+    tiled = np.pad(mixed, ((0, 0), (0, 0), (0, 12), (0, 12), (0, 0)), mode="wrap")
+    windows = sliding_window_view(tiled, (32, 32), axis=(2, 3))
     labels = rng.integers(0, num_classes, size=n, dtype=np.int64)
     distractors = (labels + rng.integers(1, num_classes, size=n)) % num_classes
-    rows = (np.arange(32)[None, :] + rng.integers(-6, 7, size=(n, 1))) % 32
-    cols = (np.arange(32)[None, :] + rng.integers(-6, 7, size=(n, 1))) % 32
-    pixels = mixed[
-        labels[:, None, None], distractors[:, None, None], rows[:, :, None], cols[:, None, :]
-    ]
+    shift_r, shift_c = rng.integers(0, 13, size=(2, n))
+    pixels = windows[labels, distractors, shift_r, shift_c]
     pixels *= rng.uniform(25.0, 55.0, size=(n, 1, 1, 1)).astype(np.float32)
     pixels += rng.uniform(90.0, 165.0, size=(n, 1, 1, 1)).astype(np.float32)
-    noise = rng.standard_normal(size=pixels.shape, dtype=np.float32)
-    noise *= 45.0
+    noise = rng.random(size=pixels.shape, dtype=np.float32)
+    noise -= 0.5
+    noise *= 156.0
     pixels += noise
     np.clip(pixels, 0, 255, out=pixels)
-    return ImageSet(pixels.astype(np.uint8), labels)
+    return ImageSet(np.ascontiguousarray(pixels.astype(np.uint8).transpose(0, 2, 3, 1)), labels)
 
 
-def _load_cifar10(
-    data_dir: Path | None, download: bool, log: Log
-) -> tuple[ImageSet, ImageSet, str]:
+def _load_cifar10(data_dir: Path | None, download: bool, log: Log) -> tuple[ImageSet, ImageSet, str]:
     explicit = data_dir is not None
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     _check_folder(root, explicit, download)
@@ -219,8 +216,7 @@ def _load_cifar10(
 def _check_folder(root: Path, explicit: bool, download: bool) -> None:
     if root.exists() and not root.is_dir():
         raise UsageError(
-            f"data folder {root} is a file, not a folder: "
-            "point --data-dir at the folder holding CIFAR-10"
+            f"data folder {root} is a file, not a folder: point --data-dir at the folder holding CIFAR-10"
         )
     if not root.exists():
         if explicit:
@@ -233,8 +229,7 @@ def _check_folder(root: Path, explicit: bool, download: bool) -> None:
                 root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UsageError(
-                    f"cannot create data folder {root} ({exc.strerror}): "
-                    "set FEDLAUNCH_DATA_DIR or --data-dir"
+                    f"cannot create data folder {root} ({exc.strerror}): set FEDLAUNCH_DATA_DIR or --data-dir"
                 ) from None
         return
     if not os.access(root, os.R_OK | os.X_OK):
@@ -263,9 +258,7 @@ def _find_source(root: Path) -> _Source | None:
             return None
         files = tuple(_image_files(trees[0] / "train")) + tuple(_image_files(trees[0] / "test"))
     except OSError as exc:
-        raise UsageError(
-            f"cannot list {exc.filename} ({exc.strerror}): fix its permissions"
-        ) from None
+        raise UsageError(f"cannot list {exc.filename} ({exc.strerror}): fix its permissions") from None
     return _Source("images", trees[0], f"image folders in {trees[0]}", files)
 
 
@@ -304,9 +297,7 @@ def _read_cache(path: Path, log: Log) -> tuple[ImageSet, ImageSet] | None:
     return train, test
 
 
-def _write_cache(
-    dirs: Iterable[Path], name: str, train: ImageSet, test: ImageSet, log: Log
-) -> None:
+def _write_cache(dirs: Iterable[Path], name: str, train: ImageSet, test: ImageSet, log: Log) -> None:
     for cache_dir in dirs:
         tmp_name = ""
         try:
@@ -339,9 +330,7 @@ def _decode(source: _Source) -> tuple[ImageSet, ImageSet]:
     try:
         blobs = {path.name: path.read_bytes() for path in source.files}
     except OSError as exc:
-        raise UsageError(
-            f"cannot read {exc.filename} ({exc.strerror}): fix its permissions"
-        ) from None
+        raise UsageError(f"cannot read {exc.filename} ({exc.strerror}): fix its permissions") from None
     return _from_batches(blobs, str(source.path))
 
 
@@ -372,9 +361,7 @@ def _from_batches(blobs: dict[str, bytes], where: str) -> tuple[ImageSet, ImageS
     train = [_parse_batch(blobs[name], f"{where}/{name}") for name in TRAIN_BATCHES]
     test = _parse_batch(blobs[TEST_BATCH], f"{where}/{TEST_BATCH}")
     return (
-        ImageSet(
-            np.concatenate([t.images for t in train]), np.concatenate([t.labels for t in train])
-        ),
+        ImageSet(np.concatenate([t.images for t in train]), np.concatenate([t.labels for t in train])),
         test,
     )
 
@@ -415,15 +402,11 @@ def _read_image_split(split_dir: Path) -> ImageSet:
         except (OSError, UnidentifiedImageError, ValueError):
             raise UsageError(f"{path} is not a readable image: replace or delete it") from None
         if rgb.size != (32, 32):
-            raise UsageError(
-                f"{path} is {rgb.size[0]}x{rgb.size[1]}, expected 32x32: resize it or remove it"
-            )
+            raise UsageError(f"{path} is {rgb.size[0]}x{rgb.size[1]}, expected 32x32: resize it or remove it")
         images.append(np.asarray(rgb, dtype=np.uint8))
         labels.append(CIFAR10_CLASSES.index(path.parent.name))
     if not images:
-        raise UsageError(
-            f"{split_dir} holds no .png/.jpg images: put images under {split_dir}/<class>/"
-        )
+        raise UsageError(f"{split_dir} holds no .png/.jpg images: put images under {split_dir}/<class>/")
     return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64))
 
 

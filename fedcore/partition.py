@@ -34,9 +34,7 @@ class PartitionSpec:
 
 
 def _bad_spec(spec: str) -> UsageError:
-    return UsageError(
-        f"bad --partition {spec!r}: use iid, dirichlet:ALPHA (ALPHA > 0) or classes:K"
-    )
+    return UsageError(f"bad --partition {spec!r}: use iid, dirichlet:ALPHA (ALPHA > 0) or classes:K")
 
 
 def parse_partition(spec: str) -> PartitionSpec:
@@ -87,9 +85,7 @@ def partition_indices(
             "use fewer clients or a larger --limit-train"
         )
     if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
-        )
+        raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
     rng = np.random.default_rng(seed)
     if spec.kind == "iid":
         parts = np.array_split(rng.permutation(n), num_clients)

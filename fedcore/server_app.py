@@ -43,7 +43,8 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         split.train.labels, cfg.clients, parse_partition(cfg.partition), cfg.seed,
         num_classes=len(split.classes),
     )
-    run.write_partitions(partition_stats(split.train.labels, parts, split.classes))
+    run.write_partitions(partition_stats(split.train.labels, parts, split.classes,
+                                         spec=parse_partition(cfg.partition)))
     test = DeviceData(split.test, device, augment=False)
     model = prepare_model(build_model(cfg.model), device)
 

@@ -88,9 +88,7 @@ def test_png_image_folders_load_exact_pixels(tmp_path: Path) -> None:
 
 
 def test_jpeg_image_folders_load_close_pixels(tmp_path: Path) -> None:
-    train_images, train_labels, test_images, test_labels = write_image_folder(
-        tmp_path, 20, 10, ext="jpg"
-    )
+    train_images, train_labels, test_images, test_labels = write_image_folder(tmp_path, 20, 10, ext="jpg")
 
     split = load_quiet(tmp_path)
 
@@ -109,9 +107,7 @@ def test_image_tree_inside_a_single_subfolder(tmp_path: Path) -> None:
     assert split.source == f"image folders in {tmp_path / 'cifar10-images'}"
 
 
-def test_second_load_reads_cache_without_decoding(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_load_reads_cache_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     arrays = write_batches_py(tmp_path)
     first_log: list[str] = []
     load_dataset("cifar10", tmp_path, download=False, log=first_log.append)
@@ -193,9 +189,7 @@ def test_limits_pick_a_seeded_subset_in_original_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a.train.images, b.train.images)
     np.testing.assert_array_equal(a.test.labels, b.test.labels)
     assert not np.array_equal(a.train.images, c.train.images)
-    rows = [
-        int(np.flatnonzero((train_images == img).all(axis=(1, 2, 3)))[0]) for img in a.train.images
-    ]
+    rows = [int(np.flatnonzero((train_images == img).all(axis=(1, 2, 3)))[0]) for img in a.train.images]
     assert rows == sorted(rows)
     np.testing.assert_array_equal(a.train.labels, train_labels[rows])
     assert len(everything.train) == 50
@@ -306,9 +300,7 @@ def test_malicious_pickle_is_rejected_without_running(tmp_path: Path) -> None:
 def test_corrupt_tar_names_the_archive(tmp_path: Path) -> None:
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b definitely not gzip")
 
-    with pytest.raises(
-        UsageError, match="cifar-10-python.tar.gz is not a readable CIFAR-10 archive"
-    ):
+    with pytest.raises(UsageError, match="cifar-10-python.tar.gz is not a readable CIFAR-10 archive"):
         load_quiet(tmp_path)
 
 
@@ -378,9 +370,7 @@ def test_download_then_reads_the_batches(tmp_path: Path, monkeypatch: pytest.Mon
     assert_split_equals(split, written[0])
 
 
-def test_default_data_dir_prefers_env_then_xdg(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_data_dir_prefers_env_then_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     xdg_default = default_data_dir()
     monkeypatch.setenv("FEDLAUNCH_DATA_DIR", str(tmp_path / "mine"))
 

@@ -43,9 +43,7 @@ def mean_label_entropy(labels: np.ndarray, parts: list[np.ndarray]) -> float:
         ("classes:2", PartitionSpec("classes", classes_per_client=2), "classes:2"),
     ],
 )
-def test_parse_partition_accepts_valid_specs(
-    text: str, expected: PartitionSpec, rendered: str
-) -> None:
+def test_parse_partition_accepts_valid_specs(text: str, expected: PartitionSpec, rendered: str) -> None:
     spec = parse_partition(text)
 
     assert spec == expected
@@ -74,10 +72,7 @@ def test_parse_partition_rejects_bad_specs(text: str) -> None:
     with pytest.raises(UsageError) as err:
         parse_partition(text)
 
-    assert (
-        str(err.value)
-        == f"bad --partition {text!r}: use iid, dirichlet:ALPHA (ALPHA > 0) or classes:K"
-    )
+    assert str(err.value) == f"bad --partition {text!r}: use iid, dirichlet:ALPHA (ALPHA > 0) or classes:K"
 
 
 def test_iid_is_a_shuffled_equal_split() -> None:
@@ -117,9 +112,7 @@ def test_dirichlet_skew_grows_as_alpha_falls() -> None:
     labels = random_labels(10_000)
 
     entropies = [
-        mean_label_entropy(
-            labels, partition_indices(labels, 10, PartitionSpec("dirichlet", alpha=a), seed=0)
-        )
+        mean_label_entropy(labels, partition_indices(labels, 10, PartitionSpec("dirichlet", alpha=a), seed=0))
         for a in (100.0, 1.0, 0.1)
     ]
 
@@ -177,9 +170,7 @@ def test_classes_with_too_few_clients_leaves_unheld_labels_unused() -> None:
 @pytest.mark.parametrize("k", [0, 11])
 def test_classes_k_out_of_range_is_rejected(k: int) -> None:
     with pytest.raises(UsageError, match="K must be between 1 and 10"):
-        partition_indices(
-            cycling_labels(100), 2, PartitionSpec("classes", classes_per_client=k), seed=0
-        )
+        partition_indices(cycling_labels(100), 2, PartitionSpec("classes", classes_per_client=k), seed=0)
 
 
 def test_classes_that_leave_a_client_empty_are_rejected() -> None:
@@ -194,8 +185,7 @@ def test_more_clients_than_samples_is_rejected() -> None:
         partition_indices(cycling_labels(50), 100, PartitionSpec("iid"), seed=0)
 
     assert str(err.value) == (
-        "--clients 100 is more than the 50 training samples; "
-        "use fewer clients or a larger --limit-train"
+        "--clients 100 is more than the 50 training samples; use fewer clients or a larger --limit-train"
     )
 
 
