@@ -91,6 +91,9 @@ def build_parser() -> Parser:
     run.add_argument("--out", help="run folder (default: runs/<timestamp>)")
     run.add_argument("--port", type=number(int), default=None, metavar="N",
                      help="SuperLink port on 127.0.0.1 (default: a free one)")
+    run.add_argument("--executor", choices=("warm", "stock"), default="warm",
+                     help="warm: one long-lived process per client keeps torch, the model and "
+                     "data loaded (default); stock: Flower's new process per message")
     run.add_argument("--max-restarts", type=number(int), default=None,
                      help="restarts allowed per client process (default 3)")
     run.add_argument("--headless", action="store_true", help="no TUI: print logs and progress")
@@ -178,7 +181,8 @@ def launch(argv: list[str]) -> int:
 
     run_dir = run_folder(args.out)
     plan = make_plan(cfg, run_dir, local=opts["local"], gpus=opts["gpus"],
-                     max_restarts=opts["max-restarts"], dry_run=args.dry_run, port=args.port)
+                     max_restarts=opts["max-restarts"], dry_run=args.dry_run, port=args.port,
+                     executor=args.executor)
     if args.dry_run:
         print(plan.describe())
         return 0

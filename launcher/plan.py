@@ -97,6 +97,7 @@ def federated_plan(
     *,
     superlink_port: int | None = None,
     max_restarts: int = 3,
+    executor: str = "warm",
 ) -> Plan:
     """SuperLink, one SuperNode per client pinned to its GPU, and the `flwr run` submitter."""
     host = "127.0.0.1"
@@ -110,20 +111,28 @@ def federated_plan(
             role="superlink",
             argv=(bin_path("flower-superlink"), "--insecure", "--host", host, "--port", str(port),
                   "--disable-runtime-dependency-installation"),
-            env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(server_gpu)},
+            env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(server_gpu),
+                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"},
             gpu=server_gpu.index if server_gpu else None,
         )
     ]
     gpus_by_id = {g.index: g for g in placement.gpus}
     for i, gpu_id in enumerate(placement.client_gpu):
         gpu = gpus_by_id.get(gpu_id) if gpu_id is not None else None
+        node_config = f"partition-id={i} num-partitions={cfg.clients}"
+        runtime_port = str(free_port(host))
+        if executor == "warm":
+            argv: tuple[str, ...] = (
+                sys.executable, "-m", "launcher.executor", "--superlink", address,
+                "--node-config", node_config, "--runtime-port", runtime_port, "--insecure")
+        else:
+            argv = (bin_path("flower-supernode"), "--insecure", "--superlink", address,
+                    "--node-config", node_config, "--host", host, "--port", runtime_port)
         specs.append(
             ProcessSpec(
                 name=f"client-{i}",
                 role="supernode",
-                argv=(bin_path("flower-supernode"), "--insecure", "--superlink", address,
-                      "--node-config", f"partition-id={i} num-partitions={cfg.clients}",
-                      "--host", host, "--port", str(free_port(host))),
+                argv=argv,
                 env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, f"client-{i}"), **client_env(gpu),
                      **threads},
                 gpu=gpu_id,

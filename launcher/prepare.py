@@ -31,6 +31,7 @@ def make_plan(
     dry_run: bool = False,
     nvml: Nvml | None = None,
     port: int | None = None,
+    executor: str = "warm",
 ) -> Plan:
     """Validate names and data, place clients on GPUs, write config.json; raise UsageError."""
     check_model(cfg.model)
@@ -47,7 +48,8 @@ def make_plan(
     placement = plan_placement(1 if local else cfg.clients, request, nvml)
     if dry_run:
         return local_plan(cfg, run_dir, placement) if local else federated_plan(
-            cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port)
+            cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port,
+            executor=executor)
     split = load_split(cfg, log=say)
     if not local:
         partition_indices(split.train.labels, cfg.clients, spec, cfg.seed,
@@ -58,4 +60,5 @@ def make_plan(
     run.write_config({"mode": "local" if local else "federated", **cfg.to_json()})
     if local:
         return local_plan(cfg, run_dir, placement)
-    return federated_plan(cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port)
+    return federated_plan(cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port,
+            executor=executor)
