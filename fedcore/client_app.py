@@ -84,6 +84,22 @@ class ProgressFile:
             self.path = None  # a remote client without the run folder: progress stays local
 
 
+def simulate_oom(partition_id: int) -> None:
+    """Fault injection: FEDLAUNCH_SIMULATE_OOM=1,3 makes those clients fail as CUDA OOM would."""
+    chosen = os.environ.get("FEDLAUNCH_SIMULATE_OOM", "")
+    if str(partition_id) in chosen.split(","):
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (simulated by FEDLAUNCH_SIMULATE_OOM)")
+
+
+def device_memory(device: torch.device) -> dict[str, int]:
+    """Free and total memory of this process's GPU, in bytes; empty on the CPU."""
+    if device.type != "cuda":
+        return {}
+    free, total = torch.cuda.mem_get_info(device)
+    return {"memory_free": int(free), "memory_total": int(total)}
+
+
 def _partition(context: Context) -> tuple[int, int]:
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
@@ -105,13 +121,19 @@ def train(msg: Message, context: Context) -> Message:
         progress.write("training", round=server_round, epoch=epoch, epochs=epochs,
                        batch=batch, batches=batches, samples=samples, train_loss=loss)
 
-    stats = train_epochs(
-        state.model, state.train, optimizer,
-        epochs=epochs, batch_size=cfg.batch_size, precision=cfg.precision,
-        generator=seeded_generator(state.device, cfg.seed, partition_id, server_round),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        progress=report,
-    )
+    try:
+        simulate_oom(partition_id)
+        stats = train_epochs(
+            state.model, state.train, optimizer,
+            epochs=epochs, batch_size=cfg.batch_size, precision=cfg.precision,
+            generator=seeded_generator(state.device, cfg.seed, partition_id, server_round),
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            progress=report,
+        )
+    except torch.OutOfMemoryError as exc:
+        progress.write("failed", round=server_round, error="out of memory",
+                       detail=str(exc).splitlines()[0][:300], **device_memory(state.device))
+        raise
     progress.write("waiting", round=server_round, epoch=epochs, epochs=epochs,
                    samples=stats.samples, train_loss=stats.loss)
     metrics = MetricRecord({

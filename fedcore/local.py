@@ -33,13 +33,21 @@ def run_local(cfg: RunConfig, run: RunDir) -> dict[str, object]:
     model = prepare_model(build_model(cfg.model), device)
     optimizer = make_optimizer(model, cfg, cfg.lr)
     progress_path = run.path / PROGRESS / "client-0.json"
+    first_epoch, best, train_images = 1, -1.0, 0
+    resumed = run.load_checkpoint("last")
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+        if "optimizer" in resumed:
+            optimizer.load_state_dict(resumed["optimizer"])
+        first_epoch = int(resumed["round"]) + 1
+        best, train_images = float(resumed["best_accuracy"]), int(resumed["train_images"])
+        print(f"resuming after epoch {first_epoch - 1} from {run.path}", flush=True)
     run.append_metric(
-        "start", mode="local", total=cfg.epochs, first_round=1, model=cfg.model,
+        "start", mode="local", total=cfg.epochs, first_round=first_epoch, model=cfg.model,
         dataset=cfg.dataset, partition="none", clients=1, train_size=len(split.train),
         test_size=len(split.test), device=str(device),
     )
-    best, train_images = -1.0, 0
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_started = time.time()
         run.append_metric("round_start", round=epoch, total=cfg.epochs)
         for group in optimizer.param_groups:
@@ -62,7 +70,8 @@ def run_local(cfg: RunConfig, run: RunDir) -> dict[str, object]:
         train_images += stats.samples
         best = max(best, accuracy)
         state = {"round": epoch, "state_dict": model.state_dict(), "accuracy": accuracy,
-                 "best_accuracy": best, "train_images": train_images}
+                 "best_accuracy": best, "train_images": train_images,
+                 "optimizer": optimizer.state_dict()}
         run.save_checkpoint("last", state)
         if accuracy >= best:
             run.save_checkpoint("best", state)

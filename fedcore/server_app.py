@@ -74,7 +74,8 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         })
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
         replies = send_and_collect(grid, messages, cfg.round_timeout)
-        ok = [m for m in replies if not m.has_error()]
+        ok = sorted((m for m in replies if not m.has_error()),
+                    key=lambda m: int(m.content["metrics"]["partition-id"]))
         for failed in (m for m in replies if m.has_error()):
             log(WARNING, "round %d: a client failed: %s", server_round, failed.error.reason)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)

@@ -89,6 +89,9 @@ def build_parser() -> Parser:
     run.add_argument("--profile", help="a profile name (see --list-profiles) or a .toml path")
     run.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
     run.add_argument("--out", help="run folder (default: runs/<timestamp>)")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue a stopped or crashed run from its last checkpoint, with its "
+                     "saved settings (--rounds/--epochs may extend it)")
     run.add_argument("--port", type=number(int), default=None, metavar="N",
                      help="SuperLink port on 127.0.0.1 (default: a free one)")
     run.add_argument("--executor", choices=("warm", "stock"), default="warm",
@@ -155,6 +158,43 @@ def run_folder(out: str | None) -> Path:
     return path
 
 
+RESUME_OVERRIDES = ("rounds", "epochs")
+
+
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any], Path]:
+    """The saved settings of the run in --resume, with --rounds/--epochs allowed to extend it."""
+    from fedcore.rundir import RunDir
+
+    run_dir = Path(args.resume).expanduser().resolve()
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"--resume {args.resume}: not a fedlaunch run folder (no config.json)")
+    if args.out or args.profile:
+        raise UsageError("--resume continues in the run's own folder with its saved settings; "
+                         "drop --out and --profile")
+    given = [key for key in CONFIG_FLAGS if getattr(args, key.replace("-", "_")) is not None]
+    if args.augment is not None:
+        given.append("no-augment")
+    fixed = [key for key in given if key not in RESUME_OVERRIDES]
+    if fixed:
+        raise UsageError(f"--resume uses the run's saved settings; drop --{', --'.join(fixed)} "
+                         "(only --rounds and --epochs may change)")
+    try:
+        saved = RunDir(run_dir).read_config()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume {args.resume}: cannot read config.json ({exc})") from None
+    if not isinstance(saved, dict) or saved.get("mode") not in ("federated", "local"):
+        raise UsageError(f"--resume {args.resume}: config.json is not a fedlaunch run config")
+    mode = saved.pop("mode")
+    cfg = from_mapping(saved, f"{run_dir / 'config.json'}")
+    for key in RESUME_OVERRIDES:
+        value = getattr(args, key)
+        if value is not None:
+            cfg = cfg.replace(**{key: value})
+    opts = {"local": mode == "local", "gpus": args.gpus,
+            "max-restarts": 3 if args.max_restarts is None else args.max_restarts}
+    return validate(cfg), opts, run_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     try:
@@ -176,13 +216,16 @@ def launch(argv: list[str]) -> int:
     if args.list_profiles:
         print(describe_profiles())
         return 0
-    cfg, opts = resolve_config(args)
+    if args.resume:
+        cfg, opts, run_dir = resume_config(args)
+    else:
+        cfg, opts = resolve_config(args)
+        run_dir = run_folder(args.out)
     from launcher.prepare import make_plan
 
-    run_dir = run_folder(args.out)
     plan = make_plan(cfg, run_dir, local=opts["local"], gpus=opts["gpus"],
                      max_restarts=opts["max-restarts"], dry_run=args.dry_run, port=args.port,
-                     executor=args.executor)
+                     executor=args.executor, resume=bool(args.resume))
     if args.dry_run:
         print(plan.describe())
         return 0

@@ -74,6 +74,8 @@ class ClientProgress:
     samples: int = 0
     train_loss: float | None = None
     gpu: int | None = None
+    error: str | None = None  # e.g. "out of memory", with `detail`
+    detail: str = ""
 
 
 @dataclass(frozen=True)

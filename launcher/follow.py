@@ -74,8 +74,13 @@ class RunFollower:
         return events
 
     def ended(self) -> dict[str, Any] | None:
-        """The metrics 'end' record once the app wrote it."""
-        return next((r for r in reversed(self.records) if r.get("event") == "end"), None)
+        """The 'end' record the app wrote since this launch (a resumed run has older ones)."""
+        for record in reversed(self.records):
+            if record.get("event") == "launch":
+                return None
+            if record.get("event") == "end":
+                return record
+        return None
 
 
 def metric_event(record: dict[str, Any]) -> Event | None:
@@ -115,6 +120,8 @@ def progress_event(record: dict[str, Any], client_gpus: tuple[int | None, ...]) 
             samples=int(record.get("samples", 0)),
             train_loss=float(loss) if loss is not None else None,
             gpu=client_gpus[client] if client < len(client_gpus) else None,
+            error=record.get("error"),
+            detail=str(record.get("detail", "")),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -29,6 +29,7 @@ class Plan:
     processes: tuple[ProcessSpec, ...]
     superlink_address: str = ""
     max_restarts: int = 3
+    resumed: bool = False
 
     @property
     def client_gpus(self) -> tuple[int | None, ...]:

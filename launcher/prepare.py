@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def make_plan(
     nvml: Nvml | None = None,
     port: int | None = None,
     executor: str = "warm",
+    resume: bool = False,
 ) -> Plan:
     """Validate names and data, place clients on GPUs, write config.json; raise UsageError."""
     check_model(cfg.model)
@@ -59,6 +61,8 @@ def make_plan(
     run = RunDir(run_dir).create()
     run.write_config({"mode": "local" if local else "federated", **cfg.to_json()})
     if local:
-        return local_plan(cfg, run_dir, placement)
-    return federated_plan(cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port,
-            executor=executor)
+        plan = local_plan(cfg, run_dir, placement)
+    else:
+        plan = federated_plan(cfg, run_dir, placement, max_restarts=max_restarts,
+                              superlink_port=port, executor=executor)
+    return dataclasses.replace(plan, resumed=resume)

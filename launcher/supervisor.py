@@ -118,7 +118,7 @@ class Supervisor:
             reason, code, failed, tail = "failed", EXIT_FAILED, exc.process, exc.tail
             self.bus.publish(Notice("error", str(exc)))
         finally:
-            await stop_all(list(self.processes.values()), self.stop_timeout)
+            await self._stop_processes()
             self._publish_events()
         if self._stop_reason and reason == "failed":
             reason, code = self._stop_reason, STOP_CODES[self._stop_reason]
@@ -129,6 +129,7 @@ class Supervisor:
     def _prepare(self) -> None:
         plan = self.plan
         self.rundir.create()
+        self.rundir.append_metric("launch", mode=plan.mode, resumed=plan.resumed)
         if plan.mode == "federated":
             make_app(plan.run_dir / "app", plan.cfg)
             (plan.run_dir / "run_config.toml").write_text(run_config_toml(plan.cfg))
@@ -149,6 +150,14 @@ class Supervisor:
         if spec.client is not None:
             self.bus.publish(ClientProgress(client=spec.client, state="starting", gpu=spec.gpu))
         return proc
+
+    async def _stop_processes(self) -> None:
+        """Clients first, while the SuperLink can still hear them leave; then the rest."""
+        phases = (("submit", "local"), ("supernode",), ("superlink",))
+        for roles in phases:
+            group = [p for p in self.processes.values() if p.spec.role in roles]
+            await stop_all(group, self.stop_timeout)
+        await stop_all(list(self.processes.values()), self.stop_timeout)
 
     def _on_line(self, name: str, text: str) -> None:
         self.bus.publish(LogLine(name, text))
@@ -207,6 +216,22 @@ class Supervisor:
     def _publish_events(self) -> None:
         for event in self.follower.poll():
             self.bus.publish(event)
+            if isinstance(event, ClientProgress) and event.error == "out of memory":
+                self.bus.publish(Notice("error", self._oom_text(event)))
+
+    def _oom_text(self, event: ClientProgress) -> str:
+        """Which client, which GPU and how full it is, and what to change."""
+        where = "the CPU" if event.gpu is None else f"GPU {event.gpu}"
+        if event.gpu is not None and self.nvml is not None:
+            for sample in self.nvml.sample([event.gpu]):
+                if sample.memory_used is not None and sample.memory_total is not None:
+                    where += (f" ({sample.name}, {sample.memory_used / 2**30:.1f} of "
+                              f"{sample.memory_total / 2**30:.1f} GiB in use)")
+        clients_here = sum(1 for g in self.plan.client_gpus if g == event.gpu)
+        return (f"client-{event.client} ran out of memory on {where} in round {event.round}: "
+                f"{event.detail}. {clients_here} client(s) share it; use fewer clients per GPU "
+                f"(more --gpus or fewer --clients) or a smaller --batch-size "
+                f"(now {self.plan.cfg.batch_size})")
 
     def _publish_gpus(self) -> None:
         if self.nvml is None or not self.plan.placement.gpus:
