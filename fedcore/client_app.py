@@ -121,6 +121,7 @@ def train(msg: Message, context: Context) -> Message:
         progress.write("training", round=server_round, epoch=epoch, epochs=epochs,
                        batch=batch, batches=batches, samples=samples, train_loss=loss)
 
+    train_started = time.time()
     try:
         simulate_oom(partition_id)
         stats = train_epochs(
@@ -140,6 +141,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-loss": stats.loss,
         "num-examples": len(state.train),
         "train-seconds": stats.seconds,
+        "train-started": train_started,
         "partition-id": partition_id,
     })
     content = RecordDict({"arrays": ArrayRecord(state.model.state_dict()), "metrics": metrics})

@@ -74,6 +74,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         })
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
         replies = send_and_collect(grid, messages, cfg.round_timeout)
+        collected = time.time()
         ok = sorted((m for m in replies if not m.has_error()),
                     key=lambda m: int(m.content["metrics"]["partition-id"]))
         for failed in (m for m in replies if m.has_error()):
@@ -82,7 +83,9 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         if new_arrays is not None:
             arrays = new_arrays
         model.load_state_dict(arrays.to_torch_state_dict())
+        aggregated = time.time()
         loss, accuracy = evaluate(model, test, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+        evaluated = time.time()
         images = sum(int(m.content["metrics"]["num-examples"]) for m in ok) * cfg.local_epochs
         train_images += images
         best = max(best, accuracy)
@@ -101,6 +104,12 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
             best_accuracy=best,
             client_train_seconds=max(
                 (float(m.content["metrics"].get("train-seconds", 0.0)) for m in ok), default=0.0
+            ),
+            collect_seconds=round(collected - round_started, 3),
+            aggregate_seconds=round(aggregated - collected, 3),
+            evaluate_seconds=round(evaluated - aggregated, 3),
+            train_started=min(
+                (float(m.content["metrics"].get("train-started", 0.0)) for m in ok), default=None
             ),
         )
         log(INFO, "round %d/%d: accuracy %.4f loss %.4f (%d replies)",
