@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from fedcore.config import RunConfig, from_mapping
 from fedcore.errors import UsageError
 from fedcore.models import build_model
@@ -30,6 +32,7 @@ def run_local(cfg: RunConfig, run: RunDir) -> dict[str, object]:
     split = load_split(cfg)
     train = DeviceData(split.train, device, augment=cfg.augment)
     test = DeviceData(split.test, device, augment=False)
+    torch.manual_seed(cfg.seed)
     model = prepare_model(build_model(cfg.model), device)
     optimizer = make_optimizer(model, cfg, cfg.lr)
     progress_path = run.path / PROGRESS / "client-0.json"

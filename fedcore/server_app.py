@@ -46,6 +46,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
     run.write_partitions(partition_stats(split.train.labels, parts, split.classes,
                                          spec=parse_partition(cfg.partition)))
     test = DeviceData(split.test, device, augment=False)
+    torch.manual_seed(cfg.seed)
     model = prepare_model(build_model(cfg.model), device)
 
     first_round, train_images, best = 1, 0, -1.0
