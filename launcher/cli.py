@@ -94,6 +94,9 @@ def build_parser() -> Parser:
                      "saved settings (--rounds/--epochs may extend it)")
     run.add_argument("--port", type=number(int), default=None, metavar="N",
                      help="SuperLink port on 127.0.0.1 (default: a free one)")
+    run.add_argument("--clients-per-gpu", type=number(int), default=None, metavar="N",
+                     help="at most N clients on one GPU (default: as many as fit in its memory, "
+                     "with a warning when they may not)")
     run.add_argument("--executor", choices=("warm", "stock"), default="warm",
                      help="warm: one long-lived process per client keeps torch, the model and "
                      "data loaded (default); stock: Flower's new process per message")
@@ -225,7 +228,8 @@ def launch(argv: list[str]) -> int:
 
     plan = make_plan(cfg, run_dir, local=opts["local"], gpus=opts["gpus"],
                      max_restarts=opts["max-restarts"], dry_run=args.dry_run, port=args.port,
-                     executor=args.executor, resume=bool(args.resume))
+                     executor=args.executor, resume=bool(args.resume),
+                     clients_per_gpu=args.clients_per_gpu)
     if args.dry_run:
         print(plan.describe())
         return 0

@@ -81,6 +81,7 @@ def plan_placement(
     per_client_bytes: int = 1_300_000_000,
     server_gpu_bytes: int = 0,
     parent_env: Mapping[str, str] | None = None,
+    clients_per_gpu: int | None = None,
 ) -> Placement:
     """Spread clients round-robin over the requested GPUs and check that they fit in memory.
 
@@ -116,6 +117,14 @@ def plan_placement(
             return _cpu(num_clients, (f"{reason}: running on CPU",))
         listed = found
 
+    if clients_per_gpu is not None:
+        if clients_per_gpu < 1:
+            raise UsageError(f"--clients-per-gpu must be at least 1, got {clients_per_gpu}")
+        needed = -(-num_clients // clients_per_gpu)
+        if needed > len(listed):
+            raise UsageError(
+                f"--clients {num_clients} at --clients-per-gpu {clients_per_gpu} needs {needed} "
+                f"GPUs but {len(listed)} are in use; add --gpus or raise --clients-per-gpu")
     client_gpu = tuple(listed[c % len(listed)].index for c in range(num_clients))
     used = [gpu for gpu in listed if gpu.index in client_gpu]
     notes: list[str] = []

@@ -196,3 +196,12 @@ def test_placement_feeds_client_env() -> None:
         "GPU-00000000-fake-uuid",
         "GPU-00000001-fake-uuid",
     ]
+
+
+def test_clients_per_gpu_caps_how_many_clients_share_a_gpu() -> None:
+    nvml = Nvml(fleet(2))
+
+    fits = plan_placement(8, parse_gpus("0,1"), nvml, clients_per_gpu=4)
+    assert fits.client_gpu.count(0) == 4 and fits.client_gpu.count(1) == 4
+    with pytest.raises(UsageError, match="--clients 9 at --clients-per-gpu 4 needs 3 GPUs but 2"):
+        plan_placement(9, parse_gpus("0,1"), nvml, clients_per_gpu=4)
