@@ -13,6 +13,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedcore.config import RunConfig, from_run_config
+from fedcore.flwr_tuning import fast_object_pulls
 from fedcore.models import build_model
 from fedcore.partition import parse_partition, partition_indices, partition_stats
 from fedcore.rundir import RunDir, plot_curves, summarize
@@ -26,6 +27,7 @@ POLL_START, POLL_MAX = 0.02, 0.2
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    fast_object_pulls("flwr.superlink.grid.http_grid")
     cfg = from_run_config(context.run_config)
     out = cfg.out_dir or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     run = RunDir(out).create()

@@ -7,6 +7,7 @@ import time
 from types import ModuleType
 from typing import Any
 
+from fedcore.flwr_tuning import fast_object_pulls
 from launcher import flwr_internals
 
 IDLE_WAIT = 0.2  # stock: 3 s between polls of the SuperLink when no message came
@@ -33,6 +34,7 @@ def main() -> None:
         import flwr.supernode.start_client_internal as module  # noqa: PLC0415
     flwr_internals.get("flwr.supernode.start_client_internal", "time")
     module.time = PromptTime()  # type: ignore[attr-defined]
+    fast_object_pulls("flwr.supernode.start_client_internal")
     flower_supernode = flwr_internals.get("flwr.supernode.cli.flower_supernode", "flower_supernode")
     sys.argv[0] = "flower-supernode"
     flower_supernode()
