@@ -27,11 +27,16 @@ sys.path.insert(0, str(ROOT))
 
 def bare_worker(args: argparse.Namespace, client: int) -> None:
     """One bare process: client `client`'s share, the same loop, no Flower; prints JSON timing."""
-    from fedcore.config import RunConfig
     from fedcore.models import build_model
     from fedcore.task import client_share, load_split
-    from fedcore.train import DeviceData, make_optimizer, pick_device, prepare_model, seeded_generator
-    from fedcore.train import train_epochs
+    from fedcore.train import (
+        DeviceData,
+        make_optimizer,
+        pick_device,
+        prepare_model,
+        seeded_generator,
+        train_epochs,
+    )
 
     cfg = settings(args)
     device = pick_device()
@@ -118,8 +123,16 @@ def measure_local_pipelines(args: argparse.Namespace) -> dict[str, float]:
 
     from fedcore.models import build_model
     from fedcore.task import load_split
-    from fedcore.train import CIFAR_MEAN, CIFAR_STD, DeviceData, make_optimizer, pick_device
-    from fedcore.train import prepare_model, seeded_generator, train_epochs
+    from fedcore.train import (
+        CIFAR_MEAN,
+        CIFAR_STD,
+        DeviceData,
+        make_optimizer,
+        pick_device,
+        prepare_model,
+        seeded_generator,
+        train_epochs,
+    )
 
     cfg = settings(args)
     split = load_split(cfg, log=lambda _: None)
