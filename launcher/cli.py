@@ -198,12 +198,27 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any], 
     return validate(cfg), opts, run_dir
 
 
+def report_main(argv: list[str]) -> int:
+    """`fedlaunch report RUN_DIR [RUN_DIR ...] [--out PNG]`: curves side by side and a table."""
+    parser = Parser(prog="fedlaunch report",
+                    description="Plot runs side by side on a shared axis of training images seen, "
+                    "a label heatmap per federated run, and a table of results.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", help="where to write the PNG (default: RUN_DIR/report.png of the first)")
+    args = parser.parse_args(argv)
+    from launcher.report import print_table, report
+
+    result = report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    print_table(result.rows)
+    for path in [result.report_png, *result.partition_pngs]:
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     try:
         if args_list[:1] == ["report"]:
-            from launcher.report_cli import report_main
-
             return report_main(args_list[1:])
         return launch(args_list)
     except UsageError as exc:
