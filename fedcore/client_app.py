@@ -67,8 +67,9 @@ def client_state(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clie
 class ProgressFile:
     """Writes this client's state to <progress-dir>/client-<id>.json, at most a few times a second."""
 
-    def __init__(self, cfg: RunConfig, partition_id: int) -> None:
-        folder = cfg.progress_dir or (str(Path(cfg.out_dir) / PROGRESS) if cfg.out_dir else "")
+    def __init__(self, cfg: RunConfig, partition_id: int, node_dir: str = "") -> None:
+        """`node_dir`: the node config's `progress-dir` (a `--join` client's own run folder)."""
+        folder = node_dir or cfg.progress_dir or (str(Path(cfg.out_dir) / PROGRESS) if cfg.out_dir else "")
         self.path = Path(folder) / f"client-{partition_id}.json" if folder else None
         self.client = partition_id
 
@@ -111,7 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     epochs = int(config.get("local-epochs", cfg.local_epochs))
-    progress = ProgressFile(cfg, partition_id)
+    progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")))
     progress.write("starting", round=server_round)
     state = client_state(cfg, partition_id, num_partitions)
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -152,7 +153,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_handler(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     partition_id, num_partitions = _partition(context)
-    progress = ProgressFile(cfg, partition_id)
+    progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")))
     progress.write("evaluating")
     state = client_state(cfg, partition_id, num_partitions)
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())

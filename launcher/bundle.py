@@ -60,12 +60,17 @@ def make_app(folder: Path, cfg: RunConfig) -> Path:
     return folder
 
 
-def write_flwr_config(flwr_home: Path, address: str, name: str = "fedlaunch") -> Path:
-    """FLWR_HOME/config.toml naming this run's SuperLink, so the user's ~/.flwr stays untouched."""
+def write_flwr_config(flwr_home: Path, address: str, root_certificates: Path | None = None,
+                      name: str = "fedlaunch") -> Path:
+    """FLWR_HOME/config.toml naming this run's SuperLink, so the user's ~/.flwr stays untouched.
+
+    With `root_certificates` the connection is TLS trusting that CA (flwr wants an absolute
+    path); without, `insecure = true`.
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    path.write_text(
-        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
-        f'address = "{address}"\ninsecure = true\n'
-    )
+    tls = (f"root-certificates = {json.dumps(str(root_certificates.resolve()))}\n"
+           if root_certificates is not None else "insecure = true\n")
+    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+                    f"address = {json.dumps(address)}\n{tls}")
     return path

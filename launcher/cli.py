@@ -105,6 +105,20 @@ def build_parser() -> Parser:
     run.add_argument("--headless", action="store_true", help="no TUI: print logs and progress")
     run.add_argument("--exit-on-finish", action="store_true", help="leave the TUI when the run ends")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    net = parser.add_argument_group("across machines (see README: Across machines)")
+    net.add_argument("--serve", metavar="HOST:PORT",
+                     help="run the SuperLink on this address for --clients nodes from any machine")
+    net.add_argument("--join", metavar="HOST:PORT",
+                     help="start only clients here, joined to the SuperLink at HOST:PORT")
+    net.add_argument("--partition-ids", metavar="A-B",
+                     help="the partitions this machine's clients train (--join; --serve: local ones)")
+    net.add_argument("--num-partitions", type=number(int), default=None, metavar="N",
+                     help="partitions in the whole run (--join)")
+    net.add_argument("--certificates", metavar="DIR",
+                     help="folder from `fedlaunch certs` (server: CA, certificate, key)")
+    net.add_argument("--root-certificates", metavar="FILE", help="the CA a joining client trusts")
+    net.add_argument("--insecure", action="store_true",
+                     help="no TLS beyond this machine (prints a warning)")
     settings = parser.add_argument_group("training (flags override the profile)")
     for key, text in CONFIG_FLAGS.items():
         default = getattr(defaults, key.replace("-", "_"))
@@ -159,6 +173,63 @@ def run_folder(out: str | None) -> Path:
             raise UsageError(f"--out {out} already holds a fedlaunch run; choose another --out")
         raise UsageError(f"--out {out} is not empty and is not a fedlaunch run; choose another --out")
     return path
+
+
+def partition_range(text: str | None, flag: str = "--partition-ids") -> range | None:
+    """`3-5` -> range(3, 6); `4` -> range(4, 5)."""
+    if text is None:
+        return None
+    first, _, last = text.partition("-")
+    try:
+        start, stop = int(first), int(last or first) + 1
+    except ValueError:
+        raise UsageError(f"bad {flag} '{text}': give A-B, e.g. 0-3, or one id") from None
+    if start < 0 or stop <= start:
+        raise UsageError(f"bad {flag} '{text}': ids start at 0 and A must not exceed B")
+    return range(start, stop)
+
+
+def network_plan(args: argparse.Namespace, cfg: RunConfig, run_dir: Path,
+                 opts: dict[str, Any]) -> tuple[int | None, Any]:
+    """For --serve/--join: how many clients run here and the function that builds their plan."""
+    from launcher import remote
+
+    ids = partition_range(args.partition_ids)
+    certs = Path(args.certificates).expanduser().resolve() if args.certificates else None
+    if args.serve and args.join:
+        raise UsageError("--serve and --join exclude each other: one machine serves, others join")
+    if args.serve:
+        address = remote.parse_address(args.serve, "--serve")
+        local = ids or range(0)
+
+        def serve(cfg: RunConfig, placement: Any) -> Any:
+            return remote.serve_plan(cfg, run_dir, placement, address, certs, args.insecure,
+                                     local_partitions=local, max_restarts=opts["max-restarts"],
+                                     executor=args.executor)
+
+        return len(local), serve
+    if args.join:
+        address = remote.parse_address(args.join, "--join")
+        if ids is None or args.num_partitions is None:
+            raise UsageError("--join needs --partition-ids A-B and --num-partitions N")
+        if args.clients is not None and args.clients != len(ids):
+            raise UsageError(f"--clients {args.clients} but --partition-ids {args.partition_ids} "
+                             f"names {len(ids)}; drop --clients or make them agree")
+        if ids.stop > args.num_partitions:
+            raise UsageError(f"--partition-ids {args.partition_ids} goes beyond --num-partitions "
+                             f"{args.num_partitions} (ids run from 0 to {args.num_partitions - 1})")
+        ca = remote.root_ca(certs, Path(args.root_certificates) if args.root_certificates else None)
+
+        def join(cfg: RunConfig, placement: Any) -> Any:
+            return remote.join_plan(cfg, run_dir, placement, address, ids, args.num_partitions,
+                                    ca, args.insecure, max_restarts=opts["max-restarts"],
+                                    executor=args.executor)
+
+        return len(ids), join
+    if args.partition_ids or args.certificates or args.root_certificates or args.insecure:
+        raise UsageError("--partition-ids, --certificates, --root-certificates and --insecure go "
+                         "with --serve or --join")
+    return None, None
 
 
 RESUME_OVERRIDES = ("rounds", "epochs")
@@ -220,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args_list[:1] == ["report"]:
             return report_main(args_list[1:])
+        if args_list[:1] == ["certs"]:
+            from launcher.certs import certs_main
+
+            return certs_main(args_list[1:])
         return launch(args_list)
     except UsageError as exc:
         print(f"fedlaunch: {exc}", file=sys.stderr)
@@ -241,10 +316,12 @@ def launch(argv: list[str]) -> int:
         run_dir = run_folder(args.out)
     from launcher.prepare import make_plan
 
+    local_clients, remote = network_plan(args, cfg, run_dir, opts)
     plan = make_plan(cfg, run_dir, local=opts["local"], gpus=opts["gpus"],
                      max_restarts=opts["max-restarts"], dry_run=args.dry_run, port=args.port,
                      executor=args.executor, resume=bool(args.resume),
-                     clients_per_gpu=args.clients_per_gpu)
+                     clients_per_gpu=args.clients_per_gpu, local_clients=local_clients,
+                     remote=remote)
     if args.dry_run:
         print(plan.describe())
         return 0

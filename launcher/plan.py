@@ -30,6 +30,7 @@ class Plan:
     superlink_address: str = ""
     max_restarts: int = 3
     resumed: bool = False
+    root_certificates: str = ""  # the CA `flwr run` and local clients trust; "" = no TLS
 
     @property
     def client_gpus(self) -> tuple[int | None, ...]:
@@ -43,6 +44,8 @@ class Plan:
         )
         lines = [
             f"run folder: {self.run_dir}",
+            f"mode: join; {len(self.processes)} clients for the SuperLink's run (its settings "
+            "decide model, data and rounds)" if self.mode == "join" else
             f"mode: {self.mode}; model {self.cfg.model}; data {self.cfg.dataset}; "
             + (f"{self.cfg.clients} clients, {self.cfg.rounds} rounds x {self.cfg.local_epochs} "
                f"local epochs, partition {self.cfg.partition}, strategy {self.cfg.strategy}"
@@ -50,7 +53,8 @@ class Plan:
             f"devices: {where}",
         ]
         if self.superlink_address:
-            lines.append(f"superlink: {self.superlink_address}")
+            tls = f" (TLS, trusting {self.root_certificates})" if self.root_certificates else ""
+            lines.append(f"superlink: {self.superlink_address}{tls}")
         for spec in self.processes:
             gpu = "cpu" if spec.gpu is None else f"GPU {spec.gpu}"
             lines.append(f"  {spec.name:<10} {gpu:<6} {shlex.join(spec.argv)}")

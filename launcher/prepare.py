@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fedcore.config import RunConfig
@@ -15,7 +16,7 @@ from fedcore.rundir import RunDir
 from fedcore.strategies import check_strategy
 from fedcore.task import load_split
 from launcher.gpus import Nvml
-from launcher.placement import parse_gpus, plan_placement
+from launcher.placement import Placement, parse_gpus, plan_placement
 from launcher.plan import Plan, federated_plan, local_plan, port_in_use
 
 # The most training images each data set can have: more clients than this can never get data.
@@ -50,8 +51,14 @@ def make_plan(
     executor: str = "warm",
     resume: bool = False,
     clients_per_gpu: int | None = None,
+    local_clients: int | None = None,
+    remote: Callable[[RunConfig, Placement], Plan] | None = None,
 ) -> Plan:
-    """Validate names and data, place clients on GPUs, write config.json; raise UsageError."""
+    """Validate names and data, place clients on GPUs, write config.json; raise UsageError.
+
+    `local_clients` places fewer clients than cfg.clients here (--serve, --join), and
+    `remote` builds their plan from the config and the placement.
+    """
     check_model(cfg.model)
     if cfg.dataset not in DATASETS:
         raise UsageError(f"unknown --dataset '{cfg.dataset}': use one of {', '.join(DATASETS)}")
@@ -69,10 +76,13 @@ def make_plan(
                          "--port out to take a free one")
     request = parse_gpus(gpus)
     nvml = nvml or Nvml()
-    placement = plan_placement(1 if local else cfg.clients, request, nvml,
+    here = 1 if local else cfg.clients if local_clients is None else local_clients
+    placement = plan_placement(here, request, nvml,
                                per_client_bytes=client_footprint(cfg.model, cfg.batch_size),
                                clients_per_gpu=clients_per_gpu)
     if dry_run:
+        if remote is not None:
+            return remote(cfg, placement)
         return local_plan(cfg, run_dir, placement) if local else federated_plan(
             cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port,
             executor=executor)
@@ -90,6 +100,8 @@ def make_plan(
                          "choose another --out") from None
     if local:
         plan = local_plan(cfg, run_dir, placement)
+    elif remote is not None:
+        plan = remote(cfg, placement)
     else:
         plan = federated_plan(cfg, run_dir, placement, max_restarts=max_restarts,
                               superlink_port=port, executor=executor)

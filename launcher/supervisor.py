@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from fedcore.rundir import RunDir, summarize
 from launcher.bundle import make_app, write_flwr_config
@@ -25,6 +26,7 @@ from launcher.events import (
 )
 from launcher.follow import RunFollower
 from launcher.gpus import Nvml
+from launcher.hints import explain_failure
 from launcher.plan import Plan, run_config_toml
 from launcher.procs import ManagedProcess, stop_all
 
@@ -100,8 +102,8 @@ class Supervisor:
             run_name=plan.run_dir.name, mode=plan.mode,  # type: ignore[arg-type]
             model=plan.cfg.model, dataset=plan.cfg.dataset,
             partition=plan.cfg.partition if plan.mode == "federated" else "none",
-            total=plan.cfg.rounds if plan.mode == "federated" else plan.cfg.epochs,
-            num_clients=len(plan.client_gpus) if plan.mode == "federated" else 1,
+            total=plan.cfg.epochs if plan.mode == "local" else plan.cfg.rounds,
+            num_clients=1 if plan.mode == "local" else len(plan.client_gpus),
             out_dir=str(plan.run_dir), started_at=started, client_gpus=plan.client_gpus,
         ))
         for note in plan.placement.notes:
@@ -117,6 +119,8 @@ class Supervisor:
         except RunFailed as exc:
             reason, code, failed, tail = "failed", EXIT_FAILED, exc.process, exc.tail
             self.bus.publish(Notice("error", str(exc)))
+            if hint := explain_failure(exc.tail):
+                self.bus.publish(Notice("error", f"hint: {hint}"))
         finally:
             await self._stop_processes()
             self._publish_events()
@@ -134,7 +138,8 @@ class Supervisor:
             make_app(plan.run_dir / "app", plan.cfg)
             (plan.run_dir / "run_config.toml").write_text(run_config_toml(plan.cfg))
             submit = next(p for p in plan.processes if p.role == "submit")
-            write_flwr_config(plan.run_dir / "flwr" / "submit", plan.superlink_address)
+            ca = Path(plan.root_certificates) if plan.root_certificates else None
+            write_flwr_config(plan.run_dir / "flwr" / "submit", plan.superlink_address, ca)
             assert submit.env["FLWR_HOME"] == str(plan.run_dir / "flwr" / "submit")
 
     async def _start(self, name: str) -> ManagedProcess:
@@ -165,6 +170,10 @@ class Supervisor:
     async def _start_all(self) -> None:
         if self.plan.mode == "local":
             await self._start("local")
+            return
+        if self.plan.mode == "join":  # clients only: the SuperLink runs on another machine
+            for spec in self.plan.processes:
+                await self._start(spec.name)
             return
         await self._start("superlink")
         await self._wait_superlink()

@@ -1,0 +1,270 @@
+"""Plans that span machines: `--serve` (a SuperLink others reach, with TLS) and `--join` (clients only)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from fedcore.config import RunConfig
+from fedcore.errors import UsageError
+from launcher.certs import CertPaths, covers, server_names
+from launcher.placement import Placement, client_env
+from launcher.plan import (
+    FEDERATION,
+    FLWR_ENV,
+    Plan,
+    bin_path,
+    cpu_threads,
+    flwr_home,
+    free_port,
+)
+from launcher.procs import ProcessSpec
+
+LOCAL = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Address:
+    """HOST:PORT as given to --serve or --join; `[::1]:9092` for IPv6."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+    @property
+    def loopback(self) -> bool:
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def reachable(self) -> Address:
+        """Where processes on this machine connect: a wildcard bind is reached on loopback."""
+        if self.host == "0.0.0.0":
+            return Address(LOCAL, self.port)
+        if self.host == "::":
+            return Address("::1", self.port)
+        return self
+
+
+def parse_address(text: str, flag: str = "--serve") -> Address:
+    """`HOST:PORT`, `[V6]:PORT`; UsageError naming `flag` when it is not one."""
+    value = text.strip()
+    host, sep, port_text = value.rpartition(":")
+    if value.startswith("["):
+        host = host.removeprefix("[").removesuffix("]") if host.endswith("]") else ""
+    elif ":" in host:
+        host = ""  # a bare IPv6 address: its port would be ambiguous
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise UsageError(f"{flag} {text!r}: give HOST:PORT, e.g. 0.0.0.0:9092, server.lan:9092 or "
+                         "[::]:9092, with a port from 1 to 65535")
+    return Address(host, int(port_text))
+
+
+def find_certificates(folder: Path, flag: str = "--certificates") -> CertPaths:
+    """The CA, server certificate and key in `folder` (names as `fedlaunch certs` writes them)."""
+    paths = CertPaths.in_dir(folder)
+    missing = [p.name for p in (paths.ca_cert, paths.server_cert, paths.server_key) if not p.is_file()]
+    if missing:
+        raise UsageError(f"{flag} {folder}: no {', '.join(missing)} there; make them with "
+                         f"`fedlaunch certs {folder} --host NAME` (NAME: how clients reach this machine)")
+    try:
+        ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+        server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+        server.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise UsageError(f"{flag} {folder}: {paths.server_cert.name} was not signed by "
+                         f"{paths.ca_cert.name} ({reason}); remake both with `fedlaunch certs`") from None
+    return paths
+
+
+def root_ca(certificates: Path | None, root_certificates: Path | None) -> Path | None:
+    """The CA file a joining client trusts: --root-certificates FILE or DIR/ca.crt of --certificates."""
+    if certificates is not None and root_certificates is not None:
+        raise UsageError("give --certificates DIR or --root-certificates FILE, not both")
+    path = root_certificates or (CertPaths.in_dir(certificates).ca_cert if certificates else None)
+    if path is None:
+        return None
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"no CA certificate at {path}: copy ca.crt from the server's "
+                         "`fedlaunch certs` folder")
+    return path
+
+
+def client_tls(root_certificates: Path | None, insecure: bool) -> tuple[str, ...]:
+    """SuperNode flags: --insecure, --root-certificates CA, or none (the system's CAs)."""
+    if insecure and root_certificates is not None:
+        raise UsageError("--insecure and a CA certificate contradict each other; drop one")
+    if insecure:
+        return ("--insecure",)
+    return ("--root-certificates", str(root_certificates)) if root_certificates else ()
+
+
+def insecure_warning(address: Address, who: str) -> str:
+    return (f"--insecure: {who} {address} without TLS; models and updates cross the network "
+            "unencrypted and anyone who reaches the port can join. Use `fedlaunch certs` and "
+            "--certificates instead")
+
+
+def _client_spec(
+    run_dir: Path, partition_id: int, node_config: str, superlink: Address,
+    tls: tuple[str, ...], gpu_id: int | None, placement: Placement, threads: dict[str, str],
+    executor: str, extra: tuple[str, ...] = (),
+) -> ProcessSpec:
+    """One SuperNode (warm executor or stock) for `partition_id`, like launcher.plan's clients."""
+    runtime_port = str(free_port(LOCAL))
+    if executor == "warm":
+        argv: tuple[str, ...] = (
+            sys.executable, "-m", "launcher.executor", "--superlink", str(superlink),
+            "--node-config", node_config, "--runtime-port", runtime_port, *tls, *extra)
+    else:
+        argv = (bin_path("flower-supernode"), *tls, "--superlink", str(superlink),
+                "--node-config", node_config, "--host", LOCAL, "--port", runtime_port, *extra)
+    gpu = next((g for g in placement.gpus if g.index == gpu_id), None) if gpu_id is not None else None
+    name = f"client-{partition_id}"
+    return ProcessSpec(
+        name=name, role="supernode", argv=argv,
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, name), **client_env(gpu), **threads},
+        gpu=gpu_id, client=partition_id, restartable=True,
+    )
+
+
+def serve_plan(
+    cfg: RunConfig,
+    run_dir: Path,
+    placement: Placement,
+    address: Address,
+    certificates: Path | None,
+    insecure: bool,
+    *,
+    local_partitions: range = range(0),
+    max_restarts: int = 3,
+    executor: str = "warm",
+) -> Plan:
+    """A SuperLink listening on `address` for cfg.clients nodes, clients for `local_partitions`
+    here (placed by `placement`, one entry each), and the `flwr run` submitter.
+
+    TLS (the server certificate, key and CA in `certificates`) is required beyond loopback
+    unless `insecure`, which adds a warning to the plan.
+    """
+    if len(local_partitions) != len(placement.client_gpu):
+        raise ValueError("placement must place exactly the local partitions")
+    if local_partitions and (local_partitions.start < 0 or local_partitions.stop > cfg.clients):
+        raise UsageError(f"local partition ids {local_partitions.start}-{local_partitions.stop - 1} "
+                         f"are outside 0-{cfg.clients - 1} (--clients {cfg.clients})")
+    if insecure and certificates is not None:
+        raise UsageError("--insecure and --certificates contradict each other; drop one")
+    reach = address.reachable()
+    warnings = list(placement.warnings)
+    notes = list(placement.notes)
+    certs: CertPaths | None = None
+    if certificates is not None:
+        certs = find_certificates(certificates)
+        names = server_names(certs.server_cert)
+        if not covers(names, reach.host):
+            raise UsageError(f"{certs.server_cert} is valid for {', '.join(names)}, not {reach.host}; "
+                             f"remake it: fedlaunch certs DIR --host {reach.host} --force")
+        server_tls: tuple[str, ...] = (
+            "--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
+            "--ssl-keyfile", str(certs.server_key))
+        notes.append(f"listening on {address} with TLS; clients join with --root-certificates "
+                     f"(a copy of {certs.ca_cert}); certificate valid for {', '.join(names)}")
+    elif address.loopback or insecure:
+        server_tls = ("--insecure",)
+        if not address.loopback:
+            warnings.append(insecure_warning(address, "the SuperLink listens on"))
+    else:
+        raise UsageError(f"--serve {address} listens beyond this machine: give --certificates DIR "
+                         "(make it with `fedlaunch certs DIR --host NAME`) or --insecure to send "
+                         "models unencrypted")
+    ca = certs.ca_cert if certs else None
+    tls = client_tls(ca, insecure=ca is None)
+    server_gpu = placement.gpus[0] if placement.gpus else None
+    specs = [ProcessSpec(
+        name="superlink", role="superlink",
+        argv=(bin_path("flower-superlink"), *server_tls, "--host", address.host,
+              "--port", str(address.port), "--disable-runtime-dependency-installation"),
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(server_gpu),
+             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"},
+        gpu=server_gpu.index if server_gpu else None,
+    )]
+    threads = cpu_threads(max(1, len(local_partitions)))
+    for partition_id, gpu_id in zip(local_partitions, placement.client_gpu, strict=True):
+        node_config = f"partition-id={partition_id} num-partitions={cfg.clients}"
+        specs.append(_client_spec(run_dir, partition_id, node_config, reach, tls, gpu_id,
+                                  placement, threads, executor))
+    specs.append(ProcessSpec(
+        name="server", role="submit",
+        argv=(bin_path("flwr"), "run", str(run_dir / "app"), FEDERATION,
+              "--run-config", str(run_dir / "run_config.toml"), "--stream"),
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "submit")},
+    ))
+    placement = dataclasses.replace(placement, notes=tuple(notes), warnings=tuple(warnings))
+    return Plan("federated", cfg, run_dir, placement, tuple(specs), str(reach), max_restarts,
+                root_certificates=str(ca) if ca else "")
+
+
+def join_plan(
+    cfg: RunConfig,
+    run_dir: Path,
+    placement: Placement,
+    address: Address,
+    partition_ids: range,
+    num_partitions: int,
+    root_ca: Path | None,
+    insecure: bool,
+    *,
+    max_restarts: int = 3,
+    executor: str = "warm",
+    connect_timeout: float | None = None,
+) -> Plan:
+    """Clients for `partition_ids` of `num_partitions`, connected to the SuperLink at `address`.
+
+    Each client's progress file goes to this run folder (node config `progress-dir`).
+    `connect_timeout` bounds how long a client keeps retrying an unreachable SuperLink
+    (`--max-wait-time`); None waits for it indefinitely. A certificate that does not verify
+    ends the client at once, whatever the timeout.
+    """
+    if not partition_ids or partition_ids.step != 1:
+        raise UsageError("--partition-ids must be a range A-B with A <= B")
+    if partition_ids.start < 0 or partition_ids.stop > num_partitions:
+        raise UsageError(f"--partition-ids {partition_ids.start}-{partition_ids.stop - 1} are "
+                         f"outside 0-{num_partitions - 1} (--num-partitions {num_partitions})")
+    if len(partition_ids) != len(placement.client_gpu):
+        raise ValueError("placement must place exactly the partition ids")
+    if address.wildcard:
+        raise UsageError(f"--join {address}: give the server's name or address, not a wildcard")
+    tls = client_tls(root_ca, insecure)
+    warnings = list(placement.warnings)
+    if insecure and not address.loopback:
+        warnings.append(insecure_warning(address, "clients connect to"))
+    extra = ("--max-wait-time", str(connect_timeout)) if connect_timeout is not None else ()
+    progress = json.dumps(str(run_dir / "progress"))
+    threads = cpu_threads(len(partition_ids))
+    specs = tuple(
+        _client_spec(run_dir, partition_id,
+                     f"partition-id={partition_id} num-partitions={num_partitions} "
+                     f"progress-dir={progress}",
+                     address, tls, gpu_id, placement, threads, executor, extra)
+        for partition_id, gpu_id in zip(partition_ids, placement.client_gpu, strict=True)
+    )
+    placement = dataclasses.replace(placement, warnings=tuple(warnings))
+    return Plan("join", cfg, run_dir, placement, specs, str(address), max_restarts,
+                root_certificates=str(root_ca) if root_ca else "")

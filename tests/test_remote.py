@@ -1,0 +1,501 @@
+"""--serve / --join plans and `fedlaunch certs`: TLS files, command lines, and runs across machines.
+
+The end-to-end tests start each role (serve, join) as its own process tree, as on separate
+machines: this file doubles as the role runner (`python tests/test_remote.py ROLE JSON`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcore.config import RunConfig
+from fedcore.errors import UsageError
+from launcher.bundle import write_flwr_config
+from launcher.certs import CertPaths, certs_main, generate, server_names
+from launcher.hints import explain_failure
+from launcher.placement import Placement
+from launcher.remote import (
+    Address,
+    join_plan,
+    parse_address,
+    root_ca,
+    serve_plan,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = RunConfig(dataset="synthetic", model="cnn", limit_train=600, limit_test=200, clients=2,
+                rounds=2, batch_size=32, round_timeout=120.0)
+
+
+def cpu(clients: int) -> Placement:
+    return Placement(gpus=(), client_gpu=(None,) * clients)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
+    return generate(tmp_path_factory.mktemp("certs") / "tls", ["server.lan", "10.20.30.40"])
+
+
+# ---- certificates -------------------------------------------------------------------------------
+
+def test_certificate_names_the_hosts_and_loopback(certs: CertPaths) -> None:
+    names = server_names(certs.server_cert)
+
+    assert names == ["server.lan", "localhost", "10.20.30.40", "127.0.0.1"]
+
+
+def test_keys_are_private_and_certificates_readable(certs: CertPaths) -> None:
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode)
+             for p in (certs.ca_key, certs.server_key, certs.ca_cert, certs.server_cert)}
+
+    assert modes == {"ca.key": 0o600, "server.key": 0o600, "ca.crt": 0o644, "server.pem": 0o644}
+    assert stat.S_IMODE(certs.dir.stat().st_mode) == 0o700
+
+
+def test_ca_verifies_server_certificate_in_a_tls_handshake(certs: CertPaths) -> None:
+    """A client trusting only ca.crt completes a handshake for a listed name and refuses others."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(certs.server_cert, certs.server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(3):
+            conn, _ = listener.accept()
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client_ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+
+    def handshake(name: str) -> str:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            try:
+                with client_ctx.wrap_socket(raw, server_hostname=name) as tls:
+                    return str(tls.version())
+            except ssl.SSLCertVerificationError as exc:
+                return exc.verify_message
+
+    results = {name: handshake(name) for name in ("127.0.0.1", "server.lan", "other.lan")}
+    listener.close()
+
+    assert results["127.0.0.1"].startswith("TLSv1.")
+    assert results["server.lan"].startswith("TLSv1.")
+    assert "mismatch" in results["other.lan"]
+
+
+def test_certs_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    first = generate(tmp_path / "tls", ["a.lan"])
+    ca_before = first.ca_cert.read_bytes()
+
+    with pytest.raises(UsageError, match="already holds ca.crt.*--force"):
+        generate(tmp_path / "tls", ["b.lan"])
+    assert first.ca_cert.read_bytes() == ca_before
+    again = generate(tmp_path / "tls", ["b.lan"], force=True)
+
+    assert again.ca_cert.read_bytes() != ca_before
+    assert "b.lan" in server_names(again.server_cert)
+    assert stat.S_IMODE(again.ca_key.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(("host", "message"), [
+    ("server.lan:9092", "without a port"),
+    ("0.0.0.0", "listen everywhere"),
+    ("bad_name!", "not a host name"),
+])
+def test_certs_main_rejects_bad_hosts(tmp_path: Path, host: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        certs_main([str(tmp_path / "tls"), "--host", host])
+    assert not (tmp_path / "tls").exists()
+
+
+def test_certs_main_writes_and_tells_how_to_join(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = certs_main([str(tmp_path / "tls"), "--host", "gpu1.lan", "--host", "192.168.1.5"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "gpu1.lan, localhost, 192.168.1.5, 127.0.0.1" in out
+    assert "fedlaunch --join gpu1.lan:9092 --root-certificates ca.crt" in out
+
+
+# ---- addresses and plans ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0.0.0.0:9092", Address("0.0.0.0", 9092)),
+    ("server.lan:80", Address("server.lan", 80)),
+    ("[::]:9092", Address("::", 9092)),
+])
+def test_parse_address(text: str, expected: Address) -> None:
+    assert parse_address(text) == expected
+    assert str(parse_address(text)) == text
+
+
+@pytest.mark.parametrize("text", ["9092", "server.lan", "server.lan:0", "::1:9092", "[::1]", "h:99999"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        parse_address(text, "--join")
+
+
+def test_serve_beyond_loopback_needs_tls_or_insecure(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--certificates DIR.*fedlaunch certs.*--insecure"):
+        serve_plan(CFG, tmp_path, cpu(0), Address("0.0.0.0", 9092), None, insecure=False)
+
+
+def test_serve_insecure_warns(tmp_path: Path) -> None:
+    plan = serve_plan(CFG, tmp_path, cpu(0), Address("0.0.0.0", 9092), None, insecure=True)
+
+    superlink = plan.processes[0]
+    assert "--insecure" in superlink.argv
+    assert any("--insecure" in w and "unencrypted" in w for w in plan.placement.warnings)
+    assert "warning: --insecure" in plan.describe()
+
+
+def test_serve_on_loopback_without_certificates_is_plain_and_quiet(tmp_path: Path) -> None:
+    plan = serve_plan(CFG, tmp_path, cpu(2), Address("127.0.0.1", 9092), None, insecure=False,
+                      local_partitions=range(2))
+
+    assert all("--insecure" in p.argv for p in plan.processes if p.role != "submit")
+    assert plan.placement.warnings == ()
+    assert plan.root_certificates == ""
+
+
+def test_serve_plan_with_tls(tmp_path: Path, certs: CertPaths) -> None:
+    plan = serve_plan(CFG.replace(clients=4), tmp_path, cpu(2), Address("0.0.0.0", 9092), certs.dir,
+                      insecure=False, local_partitions=range(0, 2))
+
+    by_name = {p.name: p for p in plan.processes}
+    assert list(by_name) == ["superlink", "client-0", "client-1", "server"]
+    link = by_name["superlink"].argv
+    assert link[1:] == ("--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
+                        "--ssl-keyfile", str(certs.server_key), "--host", "0.0.0.0", "--port", "9092",
+                        "--disable-runtime-dependency-installation")
+    client = by_name["client-1"].argv
+    assert client[client.index("--superlink") + 1] == "127.0.0.1:9092"
+    assert client[client.index("--root-certificates") + 1] == str(certs.ca_cert)
+    assert client[client.index("--node-config") + 1] == "partition-id=1 num-partitions=4"
+    assert not any("--insecure" in p.argv for p in plan.processes)
+    assert plan.superlink_address == "127.0.0.1:9092"
+    assert plan.root_certificates == str(certs.ca_cert)
+    assert plan.placement.warnings == ()
+    assert "listening on 0.0.0.0:9092 with TLS" in plan.describe()
+
+
+def test_serve_refuses_a_certificate_for_other_names(tmp_path: Path, certs: CertPaths) -> None:
+    with pytest.raises(UsageError, match="valid for .*server.lan.*not 10.9.9.9.*--host 10.9.9.9"):
+        serve_plan(CFG, tmp_path, cpu(0), Address("10.9.9.9", 9092), certs.dir, insecure=False)
+
+
+def test_serve_refuses_missing_or_foreign_certificates(tmp_path: Path, certs: CertPaths) -> None:
+    with pytest.raises(UsageError, match="no ca.crt, server.pem, server.key there.*fedlaunch certs"):
+        serve_plan(CFG, tmp_path, cpu(0), Address("0.0.0.0", 9092), tmp_path / "none", insecure=False)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(certs.dir, mixed)
+    other = generate(tmp_path / "other", [])
+    shutil.copy(other.ca_cert, mixed / "ca.crt")
+    with pytest.raises(UsageError, match="server.pem was not signed by ca.crt"):
+        serve_plan(CFG, tmp_path, cpu(0), Address("0.0.0.0", 9092), mixed, insecure=False)
+
+
+def test_join_plan_starts_only_clients(tmp_path: Path, certs: CertPaths) -> None:
+    plan = join_plan(CFG, tmp_path, cpu(2), Address("server.lan", 9092), range(2, 4), 4,
+                     certs.ca_cert, insecure=False, max_restarts=5, connect_timeout=30.0)
+
+    assert plan.mode == "join"
+    assert [(p.name, p.role, p.client, p.restartable) for p in plan.processes] == [
+        ("client-2", "supernode", 2, True), ("client-3", "supernode", 3, True)]
+    argv = plan.processes[1].argv
+    assert argv[argv.index("--superlink") + 1] == "server.lan:9092"
+    assert argv[argv.index("--root-certificates") + 1] == str(certs.ca_cert)
+    assert argv[argv.index("--max-wait-time") + 1] == "30.0"
+    assert argv[argv.index("--node-config") + 1] == (
+        f'partition-id=3 num-partitions=4 progress-dir="{tmp_path / "progress"}"')
+    assert "--insecure" not in argv
+    assert plan.max_restarts == 5
+    assert plan.processes[0].env["FLWR_HOME"] == str(tmp_path / "flwr" / "client-2")
+
+
+def test_join_plan_stock_executor_and_insecure(tmp_path: Path) -> None:
+    plan = join_plan(CFG, tmp_path, cpu(1), Address("10.1.1.1", 9092), range(0, 1), 2, None,
+                     insecure=True, executor="stock")
+
+    argv = plan.processes[0].argv
+    assert Path(argv[0]).name == "flower-supernode"
+    assert argv[1] == "--insecure"
+    assert any("clients connect to 10.1.1.1:9092 without TLS" in w for w in plan.placement.warnings)
+
+
+@pytest.mark.parametrize(("ids", "parts", "message"), [
+    (range(3, 5), 4, "outside 0-3"),
+    (range(2, 2), 4, "A <= B"),
+])
+def test_join_plan_checks_partition_ids(tmp_path: Path, ids: range, parts: int, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        join_plan(CFG, tmp_path, cpu(len(ids)), Address("h", 1), ids, parts, None, insecure=True)
+
+
+def test_join_tls_choices(tmp_path: Path, certs: CertPaths) -> None:
+    with pytest.raises(UsageError, match="contradict"):
+        join_plan(CFG, tmp_path, cpu(1), Address("h", 1), range(1), 1, certs.ca_cert, insecure=True)
+    with pytest.raises(UsageError, match="not a wildcard"):
+        join_plan(CFG, tmp_path, cpu(1), Address("0.0.0.0", 1), range(1), 1, certs.ca_cert, False)
+    assert root_ca(certs.dir, None) == certs.ca_cert
+    assert root_ca(None, certs.ca_cert) == certs.ca_cert
+    with pytest.raises(UsageError, match="no CA certificate"):
+        root_ca(None, tmp_path / "missing.crt")
+
+
+def test_flwr_config_with_tls_is_read_by_flower(tmp_path: Path, certs: CertPaths,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.cli.flower_config import read_superlink_connection
+
+    path = write_flwr_config(tmp_path / "submit", "127.0.0.1:9092", certs.ca_cert)
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "submit"))
+    connection = read_superlink_connection()
+
+    assert tomllib.loads(path.read_text())["superlink"]["fedlaunch"] == {
+        "address": "127.0.0.1:9092", "root-certificates": str(certs.ca_cert)}
+    assert (connection.address, connection.root_certificates, connection.insecure) == (
+        "127.0.0.1:9092", str(certs.ca_cert), False)
+    plain = write_flwr_config(tmp_path / "plain", "127.0.0.1:9092", None)
+    assert tomllib.loads(plain.read_text())["superlink"]["fedlaunch"]["insecure"] is True
+
+
+@pytest.mark.parametrize(("line", "hint"), [
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in "
+     "certificate chain (_ssl.c:1006)", "--root-certificates ca.crt"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch, certificate "
+     "is not valid for '10.0.0.9'. (_ssl.c:1006)", "--host THAT_NAME"),
+    ("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)", "runs --insecure"),
+    ("All connection attempts failed: [Errno 111] Connection refused", "nothing answers"),
+])
+def test_explain_failure(line: str, hint: str) -> None:
+    assert hint in (explain_failure(["x", line]) or "")
+    assert explain_failure(["all fine"]) is None
+
+
+# ---- end to end: each role its own process tree -----------------------------------------------
+
+def run_role(role: str, spec: dict[str, Any]) -> int:
+    """Build the role's plan here (its ports are this machine's) and supervise it to the end."""
+    from fedcore.rundir import RunDir
+    from launcher.events import EventBus, Notice, RunFinished
+    from launcher.supervisor import Supervisor
+
+    run_dir = Path(spec["run_dir"])
+    cfg = CFG.replace(clients=spec["clients"])
+    if role == "serve":
+        cfg = cfg.replace(out_dir=str(run_dir))
+        RunDir(run_dir).create().write_config({"mode": "federated", **cfg.to_json()})
+        local = range(*spec.get("local", (0, 0)))
+        plan = serve_plan(cfg, run_dir, cpu(len(local)), parse_address(spec["address"]),
+                          Path(spec["certs"]) if spec.get("certs") else None, insecure=False,
+                          local_partitions=local)
+    else:
+        ids = range(*spec["ids"])
+        plan = join_plan(cfg, run_dir, cpu(len(ids)), parse_address(spec["address"], "--join"),
+                         ids, spec["clients"], Path(spec["ca"]) if spec.get("ca") else None,
+                         insecure=False, max_restarts=0, connect_timeout=60.0)
+
+    def report(event: object) -> None:
+        if isinstance(event, (Notice, RunFinished)):
+            print(json.dumps({"event": type(event).__name__, **dataclasses.asdict(event)}), flush=True)
+
+    bus = EventBus()
+    bus.subscribe(report)
+    supervisor = Supervisor(plan, bus, stop_timeout=5.0)
+
+    async def main() -> int:
+        supervisor.install_signal_handlers()
+        return await supervisor.run()
+
+    return asyncio.run(main())
+
+
+class Role:
+    """One role's process tree, started the way a user on another machine would start it."""
+
+    def __init__(self, name: str, spec: dict[str, Any], prefix: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.out = Path(spec["run_dir"]).with_suffix(".out")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        with self.out.open("w") as out:
+            self.proc = subprocess.Popen(
+                [*prefix, sys.executable, __file__, name, json.dumps(spec)], stdout=out,
+                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        """Wait for the role's exit; its RunFinished event."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"{self.name} did not finish in {timeout:.0f} s:\n{self.out.read_text()[-3000:]}")
+        for line in reversed(self.out.read_text().splitlines()):
+            if line.startswith('{"event": "RunFinished"'):
+                return dict(json.loads(line))
+        pytest.fail(f"{self.name} exited {self.proc.returncode} without RunFinished:\n"
+                    f"{self.out.read_text()[-3000:]}")
+
+    def stop(self) -> dict[str, Any] | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                return None
+        return self.finish(0)
+
+
+def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == "round"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(420)
+def test_serve_and_two_joins_over_tls_and_a_join_without_the_ca(tmp_path: Path) -> None:
+    # Prepare: TLS files; a SuperLink on 127.0.0.1 waiting for 2 nodes; two joins with the CA,
+    # one without it.
+    tls = generate(tmp_path / "tls", [])
+    address = f"127.0.0.1:{free_port()}"
+    roles: list[Role] = []
+    started = time.monotonic()
+    try:
+        serve = Role("serve", {"run_dir": str(tmp_path / "serve"), "clients": 2, "address": address,
+                               "certs": str(tls.dir)})
+        roles.append(serve)
+        joins = [Role("join", {"run_dir": str(tmp_path / f"join{i}"), "clients": 2, "ids": [i, i + 1],
+                               "address": address, "ca": str(tls.ca_cert)}) for i in (0, 1)]
+        roles.extend(joins)
+        stranger = Role("join", {"run_dir": str(tmp_path / "stranger"), "clients": 2, "ids": [1, 2],
+                                 "address": address})
+        roles.append(stranger)
+
+        # Execute
+        refused = stranger.finish(120)
+        refused_after = time.monotonic() - started
+        served = serve.finish(300)
+        served_after = time.monotonic() - started
+        left = [join.stop() for join in joins]
+    finally:
+        for role in roles:
+            role.stop()
+
+    # Assert: the run completed both rounds with both remote clients replying
+    assert served["exit_code"] == 0, serve.out.read_text()[-3000:]
+    rounds = rounds_of(tmp_path / "serve")
+    assert [(r["round"], r["replies"], r["failures"]) for r in rounds] == [(1, 2, 0), (2, 2, 0)]
+    for i, join in enumerate(left):
+        assert join is not None and join["exit_reason"] == "terminated", joins[i].out.read_text()[-2000:]
+        log = (tmp_path / f"join{i}" / "logs" / f"client-{i}.log").read_text()
+        assert log.count("Receiving: train message") == 2
+    # the client without the CA stopped on its own, quickly, and says why
+    assert refused["exit_code"] == 1 and refused["failed_process"] == "client-1"
+    tail = "\n".join(refused["log_tail"])
+    assert "CERTIFICATE_VERIFY_FAILED" in tail
+    assert "--root-certificates ca.crt" in (explain_failure(refused["log_tail"]) or "")
+    assert refused_after < 90
+    print(f"\nrefused after {refused_after:.1f} s; 2 rounds served after {served_after:.1f} s")
+
+
+# ---- the same across two network namespaces (root only) ---------------------------------------
+
+def _can_make_namespaces() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[tuple[str, str, str, str]]:
+    """Namespaces A (10.213.N.1) and B (10.213.N.2) joined by a veth pair made here, removed after."""
+    if not _can_make_namespaces():
+        pytest.skip("needs root and iproute2 to make network namespaces")
+    tag = f"fl{os.getpid() % 100000}"
+    net = f"10.213.{os.getpid() % 250 + 1}"
+    a, b = f"{tag}a", f"{tag}b"
+    steps = [
+        ["ip", "netns", "add", a], ["ip", "netns", "add", b],
+        ["ip", "link", "add", f"{tag}va", "type", "veth", "peer", "name", f"{tag}vb"],
+        ["ip", "link", "set", f"{tag}va", "netns", a], ["ip", "link", "set", f"{tag}vb", "netns", b],
+        ["ip", "-n", a, "addr", "add", f"{net}.1/24", "dev", f"{tag}va"],
+        ["ip", "-n", b, "addr", "add", f"{net}.2/24", "dev", f"{tag}vb"],
+        ["ip", "-n", a, "link", "set", f"{tag}va", "up"], ["ip", "-n", b, "link", "set", f"{tag}vb", "up"],
+        ["ip", "-n", a, "link", "set", "lo", "up"], ["ip", "-n", b, "link", "set", "lo", "up"],
+    ]
+    try:
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot make network namespaces here: {' '.join(step)}: {done.stderr.strip()}")
+        yield a, b, f"{net}.1", f"{net}.2"
+    finally:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(420)
+def test_serve_and_join_across_network_namespaces(tmp_path: Path,
+                                                  two_hosts: tuple[str, str, str, str]) -> None:
+    # Prepare: the server in namespace A serves 10.213.N.1 with TLS and runs partition 0 itself;
+    # namespace B joins with partition 1 and only the CA file.
+    ns_a, ns_b, host_a, _ = two_hosts
+    tls = generate(tmp_path / "tls", [host_a])
+    ca_copy = tmp_path / "client-machine" / "ca.crt"
+    ca_copy.parent.mkdir()
+    shutil.copy(tls.ca_cert, ca_copy)
+    address = f"{host_a}:9092"
+    serve = Role("serve", {"run_dir": str(tmp_path / "serve"), "clients": 2, "address": address,
+                           "certs": str(tls.dir), "local": [0, 1]}, ("ip", "netns", "exec", ns_a))
+    join = Role("join", {"run_dir": str(tmp_path / "client-machine" / "join"), "clients": 2,
+                         "ids": [1, 2], "address": address, "ca": str(ca_copy)},
+                ("ip", "netns", "exec", ns_b))
+    try:
+        # Execute
+        served = serve.finish(300)
+        left = join.stop()
+    finally:
+        serve.stop()
+        join.stop()
+
+    # Assert
+    assert served["exit_code"] == 0, serve.out.read_text()[-3000:]
+    assert [(r["round"], r["replies"]) for r in rounds_of(tmp_path / "serve")] == [(1, 2), (2, 2)]
+    assert left is not None and left["exit_reason"] == "terminated"
+    log = (tmp_path / "client-machine" / "join" / "logs" / "client-1.log").read_text()
+    assert log.count("Receiving: train message") == 2
+
+
+if __name__ == "__main__":
+    sys.exit(run_role(sys.argv[1], json.loads(sys.argv[2])))
