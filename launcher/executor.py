@@ -126,6 +126,16 @@ def fast_object_pulls() -> None:
         pull, initial_backoff=0.02, backoff_cap=0.2)
 
 
+def die_with_parent() -> None:
+    """In the SuperNode child: get SIGTERM when this executor dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m launcher.executor")
     parser.add_argument("--superlink", required=True)
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.executable, "-m", "launcher.supernode", "--superlink", args.superlink,
         "--node-config", args.node_config, "--isolation", "process",
         "--host", "127.0.0.1", "--port", str(args.runtime_port), *supernode_extra,
-    ])
+    ], preexec_fn=die_with_parent)
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
     import torch  # noqa: F401  - warm up while the SuperNode connects
     import torchvision  # noqa: F401
@@ -173,7 +183,11 @@ def serve(executor: Executor, supernode: subprocess.Popen[bytes], poll: float) -
     import httpx
 
     started = time.monotonic()
+    parent = os.getppid()
     while not executor.stopping:
+        if os.getppid() != parent:
+            print("fedlaunch: the launcher is gone; stopping", file=sys.stderr, flush=True)
+            return 1
         if (code := supernode.poll()) is not None:
             print(f"fedlaunch: SuperNode exited with code {code}", file=sys.stderr, flush=True)
             return code or 1

@@ -108,8 +108,9 @@ class ManagedProcess:
         return self.proc.returncode if self.proc.returncode is not None else -1
 
     def send(self, sig: int) -> None:
-        """Send `sig` to the child's whole process group."""
-        if self.proc is None or self.proc.returncode is not None:
+        """Send `sig` to the child's whole process group, even after its leader has died,
+        so helpers it started (a SuperNode under an executor) cannot outlive it."""
+        if self.proc is None:
             return
         try:
             os.killpg(self.proc.pid, sig)

@@ -255,7 +255,11 @@ class Supervisor:
             if proc.returncode is None or proc.stopping:
                 continue
             assert proc.reader is not None
-            await proc.reader  # the log is complete once the reader is done
+            proc.send(signal.SIGKILL)  # its group's survivors would hold the log pipe open
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.reader), 5.0)
+            except TimeoutError:
+                pass
             spec = proc.spec
             if spec.role in ("submit", "local"):
                 self._publish_events()
