@@ -67,18 +67,19 @@ def client_state(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clie
 class ProgressFile:
     """Writes this client's state to <progress-dir>/client-<id>.json, at most a few times a second."""
 
-    def __init__(self, cfg: RunConfig, partition_id: int, node_dir: str = "") -> None:
+    def __init__(self, cfg: RunConfig, partition_id: int, node_dir: str = "", node_id: int = 0) -> None:
         """`node_dir`: the node config's `progress-dir` (a `--join` client's own run folder)."""
         folder = node_dir or cfg.progress_dir or (str(Path(cfg.out_dir) / PROGRESS) if cfg.out_dir else "")
         self.path = Path(folder) / f"client-{partition_id}.json" if folder else None
         self.client = partition_id
+        self.node_id = node_id
 
     def write(self, state: str, **fields: Any) -> None:
         if self.path is None:
             return
         try:
             write_json_atomic(self.path, {
-                "client": self.client, "state": state, "pid": os.getpid(),
+                "client": self.client, "state": state, "pid": os.getpid(), "node_id": self.node_id,
                 "time": round(time.time(), 3), **fields,
             })
         except OSError:
@@ -112,7 +113,8 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     epochs = int(config.get("local-epochs", cfg.local_epochs))
-    progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")))
+    progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")),
+                            context.node_id)
     progress.write("starting", round=server_round)
     state = client_state(cfg, partition_id, num_partitions)
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -153,7 +155,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_handler(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     partition_id, num_partitions = _partition(context)
-    progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")))
+    progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")),
+                            context.node_id)
     progress.write("evaluating")
     state = client_state(cfg, partition_id, num_partitions)
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())

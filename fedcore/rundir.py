@@ -18,6 +18,7 @@ CONFIG = "config.json"
 PARTITIONS = "partitions.json"
 PROGRESS = "progress"
 CHECKPOINTS = "checkpoints"
+DEPARTED = "departed-nodes.txt"  # node ids of clients that died: the server stops waiting for them
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -87,6 +88,10 @@ class RunDir:
 
     def metrics(self) -> list[dict[str, Any]]:
         return list(read_jsonl(self.metrics_path))
+
+    def add_departed_node(self, node_id: int) -> None:
+        with (self.path / DEPARTED).open("a") as fh:
+            fh.write(f"{node_id}\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / SUMMARY, summary)

@@ -16,7 +16,7 @@ from fedcore.config import RunConfig, from_run_config
 from fedcore.flwr_tuning import fast_object_pulls
 from fedcore.models import build_model
 from fedcore.partition import parse_partition, partition_indices, partition_stats
-from fedcore.rundir import RunDir, plot_curves, summarize
+from fedcore.rundir import DEPARTED, RunDir, plot_curves, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
 from fedcore.train import DeviceData, evaluate, pick_device, prepare_model, scheduled_lr
@@ -76,7 +76,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
             "local-epochs": cfg.local_epochs,
         })
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
-        replies = send_and_collect(grid, messages, cfg.round_timeout)
+        replies = send_and_collect(grid, messages, cfg.round_timeout, run.path / DEPARTED)
         collected = time.time()
         ok = sorted((m for m in replies if not m.has_error()),
                     key=lambda m: int(m.content["metrics"]["partition-id"]))
@@ -138,22 +138,45 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def send_and_collect(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """Push `messages` and pull each reply as soon as it lands, until all are in or `timeout`."""
-    pending = set(grid.push_messages(messages)) - {None}
+def send_and_collect(
+    grid: Grid, messages: list[Message], timeout: float, departed: Path | None = None
+) -> list[Message]:
+    """Push `messages` and pull each reply as soon as it lands, until all are in or `timeout`.
+
+    Node ids listed in `departed` (the launcher writes those of clients that died) are not
+    waited for: their replies will never come.
+    """
+    ids = list(grid.push_messages(messages))
+    pending = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid}
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     delay = POLL_START
     while pending and time.monotonic() < deadline:
-        got = list(grid.pull_messages(pending))
+        got = list(grid.pull_messages(list(pending)))
         replies.extend(got)
-        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        for reply in got:
+            pending.pop(reply.metadata.reply_to_message_id, None)
+        gone = departed_nodes(departed) & set(pending.values())
+        if gone:
+            log(WARNING, "not waiting for %d client(s) that left: node %s", len(gone),
+                ", ".join(map(str, sorted(gone))))
+            pending = {mid: node for mid, node in pending.items() if node not in gone}
         delay = POLL_START if got else min(POLL_MAX, delay * 1.5)
         if pending:
             time.sleep(delay)
     if pending:
         log(WARNING, "round timeout: %d client(s) did not reply in %.0f s", len(pending), timeout)
     return replies
+
+
+def departed_nodes(path: Path | None) -> set[int]:
+    """Node ids in the launcher's departed-nodes file, one per line."""
+    if path is None:
+        return set()
+    try:
+        return {int(line) for line in path.read_text().split() if line.isdigit()}
+    except OSError:
+        return set()
 
 
 torch.backends.cudnn.benchmark = True

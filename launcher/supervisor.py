@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -281,6 +282,7 @@ class Supervisor:
             client=spec.client, log_tail=tuple(proc.tail)[-10:],
         ))
         if spec.client is not None:
+            self._note_departed(spec.client)
             state = "restarting" if again else "failed"
             self.bus.publish(ClientProgress(client=spec.client, state=state, gpu=spec.gpu))
         if again:
@@ -297,6 +299,16 @@ class Supervisor:
                                 "will not be restarted"))
         if not alive:
             raise RunFailed(name, "exited and no client is left", tuple(proc.tail))
+
+    def _note_departed(self, client: int) -> None:
+        """Tell the ServerApp not to wait for the dead client's node (its last progress file)."""
+        path = self.rundir.progress_dir / f"client-{client}.json"
+        try:
+            node_id = int(json.loads(path.read_text()).get("node_id", 0))
+        except (OSError, ValueError, AttributeError):
+            return
+        if node_id:
+            self.rundir.add_departed_node(node_id)
 
     def _write_summary(self, reason: str, wall: float) -> dict[str, object]:
         self.rundir.create()
