@@ -1,0 +1,241 @@
+"""`fedlaunch report`: curves of several runs side by side, partition heatmaps, a summary table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedcore.errors import UsageError
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+PARTITIONS = "partitions.json"
+REPORT_PNG = "report.png"
+PARTITIONS_PNG = "partitions.png"
+HEADERS = ("run", "mode", "model", "rounds/epochs", "final acc", "best acc", "wall s", "images/s")
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    """One run folder as the report reads it."""
+
+    path: Path
+    mode: str
+    model: str
+    images: list[float]  # training images seen at the end of each round or epoch
+    accuracy: list[float]
+    loss: list[float]
+    summary: dict[str, Any]
+    partitions: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def unit(self) -> str:
+        return "epoch" if self.mode == "local" else "round"
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One line of the table: the values a user compares across runs."""
+
+    run: str
+    mode: str
+    model: str
+    completed: int
+    final_accuracy: float | None
+    best_accuracy: float | None
+    wall_seconds: float | None
+    images_per_second: float | None
+
+    def cells(self) -> tuple[str, ...]:
+        def num(value: float | None, digits: int) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        return (self.run, self.mode, self.model, str(self.completed), num(self.final_accuracy, 4),
+                num(self.best_accuracy, 4), num(self.wall_seconds, 1), num(self.images_per_second, 0))
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What `report` wrote and the table it computed."""
+
+    report_png: Path
+    partition_pngs: list[Path] = field(default_factory=list)
+    rows: list[ReportRow] = field(default_factory=list)
+
+
+def _read_json(path: Path, run_dir: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path.name} in {run_dir} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path.name} in {run_dir} is not a JSON object")
+    return data
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every complete JSON object line; a torn or foreign line is skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def load_run(run_dir: Path) -> RunCurves:
+    """Read one run folder; a folder without metrics.jsonl is a UsageError."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"not a fedlaunch run folder: {run_dir} (no such folder)")
+    metrics_path = run_dir / METRICS
+    if not metrics_path.is_file():
+        raise UsageError(f"not a fedlaunch run folder: {run_dir} (no {METRICS})")
+    records = _read_metrics(metrics_path)
+    summary = _read_json(run_dir / SUMMARY, run_dir) or {}
+    declared = summary.get("mode") or next((r["mode"] for r in records if r.get("mode")), None)
+    has_epochs = any(r.get("event") == "epoch" for r in records)
+    mode = str(declared or ("local" if has_epochs else "federated"))
+    unit = "epoch" if mode == "local" else "round"
+    ends = [r for r in records if r.get("event") == unit and "accuracy" in r]
+    if not ends and any(r.get("event") in ("round", "epoch") for r in records):
+        unit = "epoch" if has_epochs else "round"
+        ends = [r for r in records if r.get("event") == unit and "accuracy" in r]
+    model = summary.get("model") or next((r["model"] for r in records if r.get("model")), "?")
+    images = [float(r.get("train_images", r.get(unit, n + 1))) for n, r in enumerate(ends)]
+    partitions = _read_json(run_dir / PARTITIONS, run_dir) if mode == "federated" else None
+    return RunCurves(
+        path=run_dir, mode=mode, model=str(model), images=images,
+        accuracy=[float(r["accuracy"]) for r in ends],
+        loss=[float(r.get("loss", float("nan"))) for r in ends],
+        summary={**_derived_summary(ends, unit), **summary}, partitions=partitions,
+    )
+
+
+def _derived_summary(ends: list[dict[str, Any]], unit: str) -> dict[str, Any]:
+    """What summary.json would say, from metrics.jsonl alone (a run killed before writing it)."""
+    if not ends:
+        return {f"{unit}s_completed": 0}
+    wall = sum(float(r.get("seconds", 0.0)) for r in ends)
+    images = float(ends[-1].get("train_images", 0))
+    return {
+        f"{unit}s_completed": int(ends[-1].get(unit, len(ends))),
+        "final_accuracy": float(ends[-1]["accuracy"]),
+        "best_accuracy": max(float(r["accuracy"]) for r in ends),
+        "wall_seconds": wall,
+        "train_images": images,
+        "train_images_per_second": images / wall if wall > 0 else None,
+    }
+
+
+def table_row(run: RunCurves) -> ReportRow:
+    s = run.summary
+
+    def number(key: str) -> float | None:
+        value = s.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    return ReportRow(
+        run=run.name, mode=run.mode, model=run.model,
+        completed=int(s.get(f"{run.unit}s_completed") or 0),
+        final_accuracy=number("final_accuracy"), best_accuracy=number("best_accuracy"),
+        wall_seconds=number("wall_seconds"), images_per_second=number("train_images_per_second"),
+    )
+
+
+def plot_curves(runs: list[RunCurves], out: Path) -> Path:
+    """Test accuracy and loss of every run against training images seen, side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4.8), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    accuracy_ax, loss_ax = fig.subplots(1, 2, sharex=True)
+    for run in runs:
+        label = f"{run.name} ({run.mode})"
+        style = {"marker": "o" if len(run.images) <= 30 else None, "markersize": 3, "label": label}
+        accuracy_ax.plot(run.images, run.accuracy, **style)
+        loss_ax.plot(run.images, run.loss, **style)
+    accuracy_ax.set(title="test accuracy", xlabel="training images seen", ylabel="accuracy")
+    loss_ax.set(title="test loss", xlabel="training images seen", ylabel="loss")
+    for ax in (accuracy_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 4))
+    accuracy_ax.legend(fontsize="small", loc="lower right")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def plot_partitions(run: RunCurves) -> Path | None:
+    """A clients x classes heatmap of sample counts from partitions.json, beside it in the run."""
+    stats = run.partitions
+    counts = stats.get("label_counts") if stats else None
+    if not stats or not isinstance(counts, list) or not counts:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    clients = stats.get("clients") or []
+    first = clients[0].get("labels") if clients and isinstance(clients[0], dict) else None
+    classes = list(first) if isinstance(first, dict) else [str(c) for c in range(len(counts[0]))]
+    rows, cols = len(counts), len(classes)
+    fig = Figure(figsize=(max(6.0, 0.75 * cols + 2), max(3.0, 0.4 * rows + 1.8)), dpi=110,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(counts, aspect="auto", cmap="viridis")
+    fig.colorbar(image, ax=ax, label="samples")
+    ax.set_xticks(range(cols), classes, rotation=45, ha="right")
+    ax.set_yticks(range(rows), [f"client {k}" for k in range(rows)])
+    ax.set_title(f"{run.name}: samples per class ({stats.get('spec') or 'partition'})")
+    if rows * cols <= 400:
+        top = max((max(row) for row in counts if row), default=0)
+        for y, row in enumerate(counts):
+            for x, value in enumerate(row):
+                colour = "black" if value > top * 0.6 else "white"
+                ax.text(x, y, str(value), ha="center", va="center", fontsize=7, color=colour)
+    out = run.path / PARTITIONS_PNG
+    fig.savefig(out)
+    return out
+
+
+def report(run_dirs: list[Path], out: Path | None = None) -> ReportResult:
+    """Write report.png (and partitions.png per federated run); return the paths and the table."""
+    if not run_dirs:
+        raise UsageError("fedlaunch report needs at least one run folder")
+    runs = [load_run(Path(d)) for d in run_dirs]
+    target = Path(out) if out is not None else runs[0].path / REPORT_PNG
+    if target.is_dir():
+        target = target / REPORT_PNG
+    report_png = plot_curves(runs, target)
+    partition_pngs = [p for p in (plot_partitions(r) for r in runs if r.mode == "federated") if p]
+    return ReportResult(report_png, partition_pngs, [table_row(r) for r in runs])
+
+
+def format_table(rows: list[ReportRow]) -> str:
+    """Plain-text columns: text left-aligned, numbers right-aligned."""
+    cells = [HEADERS, *(row.cells() for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
+    lines = []
+    for line in cells:
+        pairs = enumerate(zip(line, widths, strict=True))
+        parts = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in pairs]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def print_table(rows: list[ReportRow], stream: TextIO | None = None) -> None:
+    print(format_table(rows), file=stream or sys.stdout)

@@ -1,0 +1,1 @@
+"""The live Textual view of a run; the only package of fedlaunch that imports Textual."""

@@ -1,0 +1,105 @@
+"""The clients table: one row per client, its state and where it stands in the round."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
+
+from launcher.tui.state import ClientRow, RunState
+
+COLUMNS = (
+    ("client", "client"),
+    ("gpu", "GPU"),
+    ("state", "state"),
+    ("round", "round"),
+    ("epoch", "epoch"),
+    ("batch", "batch"),
+    ("samples", "samples"),
+    ("train_loss", "train loss"),
+    ("restarts", "restarts"),
+)
+STATE_STYLE = {
+    "training": "green",
+    "evaluating": "cyan",
+    "waiting": "dim",
+    "starting": "dim",
+    "stopped": "dim",
+    "restarting": "bold yellow",
+    "failed": "bold red",
+}
+FAILED_STYLE = "bold red"
+
+
+def cell_values(row: ClientRow, state: RunState) -> dict[str, str]:
+    """The text of each column for one client, as the user reads it."""
+    local = state.run is not None and state.run.mode == "local"
+    gpu = ("cpu" if row.gpu is None else str(row.gpu)) if row.gpu_known else "-"
+    return {
+        "client": "local" if local else str(row.client),
+        "gpu": gpu,
+        "state": row.state,
+        "round": str(row.round) if row.round else "-",
+        "epoch": f"{row.epoch}/{row.epochs}" if row.epochs else "-",
+        "batch": f"{row.batch}/{row.batches}" if row.batches else "-",
+        "samples": str(row.samples) if row.samples else "-",
+        "train_loss": "-" if row.train_loss is None else f"{row.train_loss:.4f}",
+        "restarts": str(row.restarts),
+    }
+
+
+def cell_text(key: str, value: str, row: ClientRow) -> Text:
+    """A cell with a one-space gutter; a failed client's whole row is red."""
+    if row.state == "failed":
+        style = FAILED_STYLE
+    elif key == "state":
+        style = STATE_STYLE.get(row.state, "")
+    elif key == "restarts" and row.restarts:
+        style = "yellow"
+    else:
+        style = ""
+    return Text(f" {value}", style=style)
+
+
+class ClientsTable(DataTable[Text]):
+    """Redraws only the rows whose clients changed since the last refresh."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cursor_type="none", zebra_stripes=False, cell_padding=0, **kwargs)
+        self._shown: dict[tuple[int, str], tuple[str, str]] = {}  # (client, column) -> (text, style)
+
+    def on_mount(self) -> None:
+        for key, label in COLUMNS:
+            self.add_column(Text(f" {label}"), key=key)
+
+    def on_resize(self) -> None:
+        self.cell_padding = 1 if self.size.width >= 100 else 0
+
+    def show(self, state: RunState, clients: set[int], relayout: bool) -> None:
+        """Rebuild every row on `relayout`, else touch only the cells whose text or style changed."""
+        if relayout:
+            self.clear()
+            self._shown.clear()
+            for client in sorted(state.clients):
+                cells = self._cells(state.clients[client], state)
+                self.add_row(*cells, key=str(client))
+                for (key, _), text in zip(COLUMNS, cells, strict=True):
+                    self._shown[client, key] = (text.plain, str(text.style))
+            return
+        for client in sorted(clients):
+            row = state.clients.get(client)
+            if row is None:
+                continue
+            for (key, _), text in zip(COLUMNS, self._cells(row, state), strict=True):
+                shown = (text.plain, str(text.style))
+                if self._shown.get((client, key)) == shown:
+                    continue
+                self._shown[client, key] = shown
+                wider = text.cell_len > self.columns[ColumnKey(key)].content_width
+                self.update_cell(str(client), key, text, update_width=wider)
+
+    def _cells(self, row: ClientRow, state: RunState) -> list[Text]:
+        values = cell_values(row, state)
+        return [cell_text(key, values[key], row) for key, _ in COLUMNS]

@@ -1,0 +1,63 @@
+"""The real TUI in a real terminal: tmux runs fedlaunch, the screen shows rounds and clients, `q` quits."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.runs import SMALL, child_env, fedlaunch_argv, processes_mentioning
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
+
+
+def screen(session: str) -> str:
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                          text=True, check=False).stdout
+
+
+def wait_for_screen(session: str, needles: list[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = screen(session)
+        if all(n in text for n in needles):
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"screen never showed {needles}:\n{text}")
+
+
+@pytest.mark.timeout(180)
+def test_tui_in_tmux_shows_rounds_and_clients_and_quits_on_q(tmp_path: Path) -> None:
+    # Prepare
+    session = f"fedlaunch-test-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "run"
+    command = " ".join(fedlaunch_argv("--clients", "2", "--rounds", "2", *SMALL, "--out", str(out)))
+    env = child_env({"TERM": "xterm-256color"})
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30",
+                    f"{command}; echo FEDLAUNCH-EXIT=$?; sleep 60"], env=env, check=True)
+    try:
+        # Execute: the live screen, then the end screen
+        live = wait_for_screen(session, ["round", "client", "cpu"], timeout=60)
+        done = wait_for_screen(session, ["completed"], timeout=150)
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        final = wait_for_screen(session, ["FEDLAUNCH-EXIT="], timeout=30)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+
+    # Assert
+    assert "CPU mode" in live
+    assert "2/2" in done
+    assert "FEDLAUNCH-EXIT=0" in final
+    rows = [line for line in done.splitlines() if re.match(r"│\s*[01]\s+cpu\s+\w+\s+2\s", line)]
+    assert len(rows) == 2, done
+    time.sleep(1)
+    assert processes_mentioning(str(out)) == []
