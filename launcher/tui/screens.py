@@ -14,9 +14,9 @@ from textual.widgets import Static
 HELP = """\
 q, ctrl+c   stop the run (once); after it ended: quit
 l           focus the log pane / give it the whole screen / back
-1 .. 9      show only client k's log (process client-k)
+0 .. 9      show only client k's log (process client-k)
 c           cycle the log through the processes
-0, a        show every process's log
+a           show every process's log
 f           the failed process's last log lines
 ?           this help
 escape      close a popup"""
