@@ -50,6 +50,7 @@ class ManagedProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.Task[None] | None = None
         self.tail: deque[str] = deque(maxlen=40)
+        self.known: dict[int, psutil.Process] = {}
         self.stopping = False
 
     @property
@@ -117,13 +118,25 @@ class ManagedProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def descendants(self) -> list[psutil.Process]:
-        if self.proc is None:
+    def remember_descendants(self) -> list[psutil.Process]:
+        """Note the child's descendants now: once it dies they can no longer be found from it.
+
+        (Flower starts some in sessions of their own, e.g. the ServerApp under the SuperLink.)
+        """
+        if self.proc is None or self.proc.returncode is not None:
             return []
         try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
+            found = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
             return []
+        for child in found:
+            self.known.setdefault(child.pid, child)
+        return found
+
+    def descendants(self) -> list[psutil.Process]:
+        """Descendants seen now or earlier (psutil checks a remembered pid is the same process)."""
+        self.remember_descendants()
+        return list(self.known.values())
 
 
 async def stop_all(processes: Sequence[ManagedProcess], timeout: float = 10.0) -> None:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from fedcore.rundir import RunDir, summarize
 from launcher.bundle import make_app, write_flwr_config
 from launcher.events import (
@@ -44,6 +46,21 @@ def child_base_env() -> dict[str, str]:
     scripts = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     return env
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie (Flower's SuperExec does not reap a killed ServerApp at once)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def is_serverapp(proc: psutil.Process) -> bool:
+    try:
+        return any("flwr-serverapp" in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 class RunFailed(Exception):
@@ -83,6 +100,7 @@ class Supervisor:
         self._stop_reason: str | None = None
         self._wake = asyncio.Event()
         self._base_env = child_base_env()
+        self._serverapp: psutil.Process | None = None
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Ask the run to stop gracefully (Ctrl+C, q, SIGTERM); safe to call more than once."""
@@ -213,6 +231,7 @@ class Supervisor:
             self._publish_events()
             if time.monotonic() >= next_gpu:
                 self._publish_gpus()
+                self._watch_descendants()
                 next_gpu = time.monotonic() + self.gpu_interval
             outcome = await self._check_processes()
             if outcome is not None:
@@ -250,6 +269,19 @@ class Supervisor:
         indices = [g.index for g in self.plan.placement.gpus]
         samples: list[GpuSample] = self.nvml.sample(indices)
         self.bus.publish(GpuStats(tuple(samples)))
+
+    def _watch_descendants(self) -> None:
+        """Remember every process's descendants; fail at once if the ServerApp process died."""
+        for proc in self.processes.values():
+            found = proc.remember_descendants()
+            if proc.spec.role == "superlink" and self._serverapp is None:
+                self._serverapp = next((c for c in found if is_serverapp(c)), None)
+        if self._serverapp is not None and not alive(self._serverapp):
+            self._publish_events()
+            if self.follower.ended() is None:
+                server = self.processes.get("server")
+                raise RunFailed("serverapp", "(the ServerApp process under the SuperLink) exited "
+                                "before the run completed", tuple(server.tail) if server else ())
 
     async def _check_processes(self) -> str | None:
         for name, proc in list(self.processes.items()):
