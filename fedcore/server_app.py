@@ -66,7 +66,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         model=cfg.model, dataset=cfg.dataset, partition=cfg.partition, clients=cfg.clients,
         train_size=len(split.train), test_size=len(split.test), device=str(device),
     )
-    wait_for_nodes(grid, cfg.clients, cfg.round_timeout)
+    wait_for_nodes(grid, cfg.clients, cfg.round_timeout, run)
 
     for server_round in range(first_round, cfg.rounds + 1):
         round_started = time.time()
@@ -76,6 +76,8 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
             "local-epochs": cfg.local_epochs,
         })
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        run.append_metric("nodes", connected=sorted(m.metadata.dst_node_id for m in messages),
+                          expected=cfg.clients, round=server_round)
         replies = send_and_collect(grid, messages, cfg.round_timeout, run.path / DEPARTED)
         collected = time.time()
         ok = sorted((m for m in replies if not m.has_error()),
@@ -103,6 +105,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         run.append_metric(
             "round", round=server_round, total=cfg.rounds, accuracy=accuracy, loss=loss,
             train_loss=train_loss, replies=len(ok), failures=len(messages) - len(ok),
+            clients=[int(m.content["metrics"]["partition-id"]) for m in ok],
             seconds=round(time.time() - round_started, 3), train_images=train_images,
             best_accuracy=best,
             client_train_seconds=max(
@@ -124,18 +127,24 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
     plot_curves(run)
 
 
-def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
-    """Wait until `expected` SuperNodes are connected, or go on with those there at `timeout`."""
+def wait_for_nodes(grid: Grid, expected: int, timeout: float, run: RunDir) -> None:
+    """Wait until `expected` SuperNodes are connected, or go on with those there at `timeout`.
+
+    Each change in who is connected is a `nodes` line in metrics.jsonl, so the launcher can show
+    every node, on this machine or another.
+    """
     deadline = time.monotonic() + timeout
-    announced = -1
-    while (connected := len(list(grid.get_node_ids()))) < expected:
-        if time.monotonic() > deadline and connected > 0:
-            log(WARNING, "going on with %d of %d clients connected", connected, expected)
-            return
-        if connected != announced:
-            log(INFO, "waiting for clients: %d of %d connected", connected, expected)
-            announced = connected
+    seen: list[int] = []
+    while len(nodes := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline and nodes:
+            log(WARNING, "going on with %d of %d clients connected", len(nodes), expected)
+            break
+        if nodes != seen:
+            log(INFO, "waiting for clients: %d of %d connected", len(nodes), expected)
+            run.append_metric("nodes", connected=nodes, expected=expected)
+            seen = nodes
         time.sleep(0.1)
+    run.append_metric("nodes", connected=nodes, expected=expected)
 
 
 def send_and_collect(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.rundir import METRICS, PROGRESS
-from launcher.events import ClientProgress, Event, RoundFinished, RoundStarted
+from launcher.events import ClientProgress, Event, Notice, RoundFinished, RoundStarted
 
 
 class RunFollower:
@@ -86,6 +86,9 @@ class RunFollower:
 def metric_event(record: dict[str, Any]) -> Event | None:
     kind = record.get("event")
     try:
+        if kind == "nodes" and "round" not in record:
+            connected, expected = len(record["connected"]), int(record["expected"])
+            return Notice("info", f"{connected} of {expected} clients connected to the SuperLink")
         if kind == "round_start":
             return RoundStarted(round=int(record["round"]), total=int(record["total"]))
         if kind in ("round", "epoch"):
