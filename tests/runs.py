@@ -210,6 +210,9 @@ class Run:
         self.stdout_path = out.parent / f"{out.name}.stdout"
         self.stderr_path = out.parent / f"{out.name}.stderr"
         self.seen: dict[int, psutil.Process] = {}
+        self.roles: dict[int, str] = {}  # pid -> role_of (or process name), as first seen
+        self.ended: dict[int, float] = {}  # pid -> seconds after the start when it was seen gone
+        self.started = time.monotonic()
         self._stop_watch = threading.Event()
         with self.stdout_path.open("wb") as so, self.stderr_path.open("wb") as se:
             self.proc = subprocess.Popen(
@@ -218,6 +221,7 @@ class Run:
             )
         self.root = psutil.Process(self.proc.pid)
         self.seen[self.root.pid] = self.root
+        self.roles[self.root.pid] = "fedlaunch"
         self._watcher = threading.Thread(target=self._watch, name="run-watcher", daemon=True)
         self._watcher.start()
 
@@ -230,6 +234,10 @@ class Run:
     def _watch(self) -> None:
         while not self._stop_watch.is_set():
             self.snapshot()
+            now = round(time.monotonic() - self.started, 1)
+            for pid, proc in list(self.seen.items()):
+                if pid not in self.ended and not alive(proc):
+                    self.ended[pid] = now
             if self.proc.poll() is not None:
                 return
             self._stop_watch.wait(0.1)
@@ -241,7 +249,12 @@ class Run:
         except psutil.Error:
             return []
         for proc in tree:
-            self.seen.setdefault(proc.pid, proc)
+            if proc.pid not in self.seen:
+                self.seen[proc.pid] = proc
+                try:
+                    self.roles[proc.pid] = role_of(proc) or proc.name()
+                except psutil.Error:
+                    self.roles[proc.pid] = "?"
         return tree
 
     # what the run shows
@@ -290,11 +303,27 @@ class Run:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"fedlaunch still running after {timeout:.0f} s: "
-                                 f"{self.output()[-3000:]}") from None
+            raise AssertionError(f"fedlaunch still running after {timeout:.0f} s; "
+                                 f"{self.report()}") from None
         self._stop_watch.set()
         self._watcher.join(5)
         return code
+
+    def tree_report(self) -> str:
+        """Each process seen in the run: role, pid, and its status or when it was seen gone."""
+        rows = []
+        for pid, proc in self.seen.items():
+            try:
+                status = proc.status() if alive(proc) else f"gone at {self.ended.get(pid, '?')} s"
+            except psutil.Error:
+                status = f"gone at {self.ended.get(pid, '?')} s"
+            rows.append(f"{self.roles.get(pid, '?')}[{pid}] {status}")
+        now = time.monotonic() - self.started
+        return f"(at {now:.1f} s) " + ", ".join(rows)
+
+    def report(self, chars: int = 3000) -> str:
+        """For assertion messages: the process history and the end of fedlaunch's output."""
+        return f"processes: {self.tree_report()}\noutput: {self.output()[-chars:]}"
 
     # acting
 

@@ -1,0 +1,301 @@
+"""Bad input: `fedlaunch` exits 2 with one `fedlaunch: ...` line naming the problem, and touches nothing.
+
+Every case is a real `fedlaunch` subprocess in a folder of its own. Most cases import torch before
+they fail (~4 s each on two cores), so the module runs them all at once, a few at a time, and each
+test then checks its own outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures import write_batches_py, write_image_folder, write_tar_gz
+from tests.runs import run_cli
+
+SYN = ("--dataset", "synthetic")
+PARALLEL = 4
+# An HTTP(S) proxy nobody listens on: a download attempt fails at once, online or not.
+NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+              "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+              "no_proxy": "", "NO_PROXY": ""}
+
+Setup = Callable[[Path], list[str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """`fedlaunch ARGS + setup(folder)` run in `folder`; the error line must contain every `expect`."""
+
+    id: str
+    args: tuple[str, ...]
+    expect: tuple[str, ...]
+    setup: Setup | None = None
+    out: bool = True  # add `--out run` (a folder that must not appear)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def file_tree(root: Path) -> dict[str, str]:
+    """Every path under root with a hash of its content ('dir' for folders)."""
+    tree = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        tree[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return tree
+
+
+# --- setups: each makes its files in the case's folder and returns extra arguments ----------
+
+def corrupt_batch(folder: Path) -> list[str]:
+    write_batches_py(folder / "data", n_train=50, n_test=20)
+    batch = folder / "data" / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])  # truncated mid-pickle
+    return ["--data-dir", "data"]
+
+
+def corrupt_tarball(folder: Path) -> list[str]:
+    write_tar_gz(folder / "data", n_train=50, n_test=20)
+    tarball = folder / "data" / "cifar-10-python.tar.gz"
+    tarball.write_bytes(tarball.read_bytes()[:200])
+    return ["--data-dir", "data"]
+
+
+def corrupt_image(folder: Path) -> list[str]:
+    write_image_folder(folder / "data", n_train=30, n_test=10)
+    (folder / "data" / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+    return ["--data-dir", "data"]
+
+
+def wrong_size_image(folder: Path) -> list[str]:
+    from PIL import Image
+
+    write_image_folder(folder / "data", n_train=30, n_test=10)
+    Image.new("RGB", (64, 48)).save(folder / "data" / "test" / "dog" / "big.png")
+    return ["--data-dir", "data"]
+
+
+def empty_dir(folder: Path) -> list[str]:
+    (folder / "data").mkdir()
+    return ["--data-dir", "data"]
+
+
+def a_file(name: str, flag: str | None = None) -> Setup:
+    """A file of the user's named `name`; passed as `flag NAME` when a flag is given."""
+    def setup(folder: Path) -> list[str]:
+        (folder / name).write_text("my notes\n")
+        return [flag, name] if flag else []
+    return setup
+
+
+def profile(text: str) -> Setup:
+    def setup(folder: Path) -> list[str]:
+        (folder / "mine.toml").write_text(text)
+        return ["--profile", "mine.toml"]
+    return setup
+
+
+def out_with_files(folder: Path) -> list[str]:
+    (folder / "thesis").mkdir()
+    (folder / "thesis" / "chapter1.tex").write_text("\\chapter{One}\n")
+    (folder / "thesis" / "figures").mkdir()
+    (folder / "thesis" / "figures" / "plot.png").write_bytes(b"\x89PNG fake")
+    return ["--out", "thesis"]
+
+
+def out_previous_run(folder: Path) -> list[str]:
+    (folder / "old").mkdir()
+    (folder / "old" / "config.json").write_text('{"mode": "federated"}\n')
+    (folder / "old" / "metrics.jsonl").write_text('{"event": "start"}\n')
+    return ["--out", "old"]
+
+
+def taken_port(folder: Path) -> list[str]:
+    # The socket is kept open (referenced) by `outcomes` until every case has run.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    HELD.append(sock)
+    return ["--port", str(sock.getsockname()[1])]
+
+
+HELD: list[Any] = []
+
+CASES = [
+    Case("unknown-flag", ("--bogus",), ("--bogus",)),
+    Case("clients-not-a-number", ("--clients", "three"), ("--clients", "'three'")),
+    Case("clients-zero", ("--clients", "0"), ("--clients", "0")),
+    Case("rounds-negative", ("--rounds", "-1"), ("--rounds", "-1")),
+    Case("local-epochs-zero", ("--local-epochs", "0"), ("--local-epochs",)),
+    Case("lr-zero", ("--lr", "0"), ("--lr",)),
+    Case("max-restarts-negative", ("--max-restarts", "-1"), ("--max-restarts",)),
+    Case("more-clients-than-samples", (*SYN, "--limit-train", "5", "--clients", "10"),
+         ("--clients 10", "5 training samples")),
+    Case("absurd-clients", (*SYN, "--clients", "99999999999"), ("--clients 99999999999",)),
+    Case("unknown-model", (*SYN, "--model", "vgg99"), ("--model", "vgg99", "cnn")),
+    Case("unknown-dataset", ("--dataset", "mnist"), ("dataset", "mnist", "synthetic")),
+    Case("unknown-dataset-dry-run", ("--dry-run", "--dataset", "mnist"), ("dataset", "mnist")),
+    Case("unknown-partition", (*SYN, "--partition", "zipf"), ("--partition", "zipf")),
+    Case("dirichlet-zero", (*SYN, "--partition", "dirichlet:0"), ("--partition", "dirichlet:0")),
+    Case("dirichlet-negative", (*SYN, "--partition", "dirichlet:-1"),
+         ("--partition", "dirichlet:-1")),
+    Case("classes-too-many", (*SYN, "--partition", "classes:11"), ("--partition", "classes:11")),
+    Case("unknown-strategy", (*SYN, "--strategy", "fedbest"), ("--strategy", "fedbest", "fedavg")),
+    Case("gpu-that-does-not-exist", (*SYN, "--gpus", "7"), ("--gpus 7", "no such gpu")),
+    Case("gpus-not-ids", (*SYN, "--gpus", "abc"), ("--gpus", "'abc'", "cpu")),
+    Case("data-dir-missing", ("--data-dir", "nowhere"), ("nowhere", "does not exist")),
+    Case("data-dir-is-a-file", (), ("notes.txt", "file"), a_file("notes.txt", "--data-dir")),
+    Case("data-dir-empty-offline", (), ("cifar-10", "synthetic"), empty_dir, env=NO_NETWORK),
+    Case("corrupt-batch-file", (), ("data_batch_3", "corrupt"), corrupt_batch),
+    Case("corrupt-tarball", (), ("cifar-10-python.tar.gz", "re-download"), corrupt_tarball),
+    Case("corrupt-image", (), ("cat/broken.png", "not a readable image"), corrupt_image),
+    Case("image-not-32x32", (), ("big.png", "64x48"), wrong_size_image),
+    Case("profile-bad-toml", SYN, ("mine.toml", "not valid toml"), profile("rounds = [\n")),
+    Case("profile-unknown-key", SYN, ("mine.toml", "unknown setting 'colour'"),
+         profile("colour = 'blue'\n")),
+    Case("profile-wrong-type", SYN, ("mine.toml", "'rounds' must be int", "'three'"),
+         profile('rounds = "three"\n')),
+    Case("profile-wrong-type-launcher-key", SYN, ("mine.toml", "'local' must be bool"),
+         profile('local = "yes"\n')),
+    Case("profile-table", SYN, ("mine.toml", "table"), profile("[training]\nrounds = 3\n")),
+    Case("profile-unknown-name", (*SYN, "--profile", "fastest"), ("--profile 'fastest'", "quick")),
+    Case("out-holds-unrelated-files", SYN, ("--out thesis", "not empty"), out_with_files, out=False),
+    Case("out-holds-a-previous-run", SYN, ("--out old", "already holds"), out_previous_run,
+         out=False),
+    Case("out-is-a-file", SYN, ("--out results.csv", "is a file"),
+         a_file("results.csv", "--out"), out=False),
+    Case("out-under-a-file", (*SYN, "--out", "results.csv/run"), ("results.csv", "--out"),
+         a_file("results.csv"), out=False),
+    Case("port-taken", SYN, ("--port", "in use"), taken_port),
+    Case("port-out-of-range", (*SYN, "--port", "70000"), ("--port", "70000", "65535")),
+]
+
+
+def case_args(case: Case, folder: Path) -> list[str]:
+    extra = case.setup(folder) if case.setup else []
+    return [*case.args, *extra, *(["--out", "run"] if case.out else [])]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every case run once, PARALLEL at a time: id -> (result, tree before, tree after, folder)."""
+    prepared = []
+    for case in CASES:
+        folder = tmp_path_factory.mktemp(case.id)
+        args = case_args(case, folder)
+        prepared.append((case, folder, args, file_tree(folder)))
+    env = {"XDG_CACHE_HOME": str(tmp_path_factory.getbasetemp() / "cache")}
+
+    def run(item: tuple[Case, Path, list[str], dict[str, str]]) -> tuple[str, Any]:
+        case, folder, args, before = item
+        result = run_cli(args, folder, timeout=120, env={**env, **case.env})
+        return case.id, (result, before, file_tree(folder), folder)
+
+    try:
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            return dict(pool.map(run, prepared))
+    finally:
+        for sock in HELD:
+            sock.close()
+        HELD.clear()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(case: Case, outcomes: dict[str, Any]) -> None:
+    # Prepare / Execute: done by `outcomes`
+    result, before, after, folder = outcomes[case.id]
+    shown = f"exit {result.returncode}\nstdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}"
+
+    # Assert
+    assert result.returncode == 2, shown
+    assert "Traceback" not in result.stdout + result.stderr, shown
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, shown
+    line = lines[0]
+    assert line.startswith("fedlaunch: ") and len(line) > len("fedlaunch: ") + 10, shown
+    for word in case.expect:
+        assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
+    assert after == before, f"files changed in {folder}: {set(after.items()) ^ set(before.items())}"
+
+
+def test_gpu_that_does_not_exist_says_what_to_use(outcomes: dict[str, Any]) -> None:
+    line = outcomes["gpu-that-does-not-exist"][0].stderr.strip()
+    # Without a GPU the advice is --gpus cpu; with GPUs, the ids this machine has.
+    assert "--gpus cpu" in line or "this machine has" in line, line
+
+
+# --- positive controls: the same parser and checks let good input through ---------------------
+
+def test_dry_run_prints_the_processes_and_starts_nothing(tmp_path: Path) -> None:
+    # Execute
+    result = run_cli([*SYN, "--clients", "3", "--gpus", "cpu", "--dry-run", "--out", "run"], tmp_path)
+
+    # Assert
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert names == ["superlink", "client-0", "client-1", "client-2", "server"], result.stdout
+    assert "flower-superlink" in result.stdout and "flwr run" in result.stdout
+    assert "partition-id=2 num-partitions=3" in result.stdout
+    assert not (tmp_path / "run").exists(), "--dry-run created the run folder"
+    assert result.stderr == ""
+
+
+def test_list_profiles_names_the_shipped_profiles(tmp_path: Path) -> None:
+    result = run_cli(["--list-profiles"], tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert {"seed", "seed-local", "quick"} <= set(names), result.stdout
+
+
+def test_help_shows_examples_and_exit_codes(tmp_path: Path) -> None:
+    result = run_cli(["--help"], tmp_path)
+
+    assert result.returncode == 0
+    assert "examples:" in result.stdout
+    assert "fedlaunch --clients 8 --gpus 0,1" in result.stdout
+    assert "2 bad input" in result.stdout
+
+
+def test_a_valid_profile_and_flags_pass_the_checks(tmp_path: Path) -> None:
+    # Prepare: a profile with a launcher key and settings; a flag overrides one of them
+    (tmp_path / "mine.toml").write_text('clients = 4\nrounds = 3\ngpus = "cpu"\n')
+
+    # Execute
+    result = run_cli(["--profile", "mine.toml", "--clients", "2", *SYN, "--dry-run"], tmp_path)
+
+    # Assert
+    assert result.returncode == 0, result.stderr
+    assert "2 clients, 3 rounds" in result.stdout, result.stdout
+
+
+def test_interrupting_during_checks_exits_130(tmp_path: Path) -> None:
+    """Ctrl+C while the checks import torch: 130 and the one-line message, no traceback."""
+    import signal
+    import time
+
+    from tests.runs import child_env, fedlaunch_argv
+
+    proc = subprocess.Popen(fedlaunch_argv(*SYN, "--dry-run"), cwd=tmp_path, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode == 0:
+        pytest.skip("the dry run finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert err.strip() == "fedlaunch: interrupted", err
