@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -101,6 +102,10 @@ def from_run_config(run_config: dict[str, Any]) -> RunConfig:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check values a user can get wrong; raise UsageError with one line naming the flag."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{key_of(f.name)} must be a finite number, got {value}")
     positive = {
         "clients": cfg.clients,
         "rounds": cfg.rounds,

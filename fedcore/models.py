@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from fedcore.errors import UsageError
@@ -65,6 +64,8 @@ def cnn() -> nn.Module:
 @register("mobilenetv2")
 def mobilenetv2() -> nn.Module:
     """torchvision MobileNetV2 with a 3x3 stride-1 first conv for 32x32 inputs."""
+    import torchvision  # here, not at the top: it costs seconds at every start of the CLI
+
     model = torchvision.models.mobilenet_v2(num_classes=NUM_CLASSES)
     first = model.features[0][0]
     model.features[0][0] = nn.Conv2d(3, first.out_channels, 3, stride=1, padding=1, bias=False)
@@ -74,6 +75,8 @@ def mobilenetv2() -> nn.Module:
 @register("resnet18")
 def resnet18() -> nn.Module:
     """ResNet-18, CIFAR variant: 3x3 stride-1 stem and no max-pool."""
+    import torchvision
+
     model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
     model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()  # type: ignore[assignment]

@@ -15,7 +15,7 @@ def check_strategy(spec: str) -> str:
         return spec
     if name == "fedprox":
         try:
-            if float(arg) >= 0:
+            if 0 <= float(arg) < float("inf"):
                 return spec
         except ValueError:
             pass

@@ -16,6 +16,7 @@ import psutil
 
 STREAM_LIMIT = 1 << 20
 LINE_SPLIT = re.compile(r"\r\n|\r|\n")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # Flower colours its log levels even into a pipe
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class ManagedProcess:
         await proc.wait()
 
     def _emit(self, line: str, log: object) -> None:
-        line = line.rstrip()
+        line = ANSI.sub("", line).rstrip()
         if not line:
             return
         log.write(line + "\n")  # type: ignore[attr-defined]
@@ -109,14 +110,22 @@ class ManagedProcess:
         return self.proc.returncode if self.proc.returncode is not None else -1
 
     def send(self, sig: int) -> None:
-        """Send `sig` to the child's whole process group, even after its leader has died,
-        so helpers it started (a SuperNode under an executor) cannot outlive it."""
+        """Send `sig` to the child's process group; once the child has exited, to each
+        descendant seen before (psutil checks each is still that process, so a reused pid
+        is never hit)."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+                return
+            except (ProcessLookupError, PermissionError):
+                pass
+        for child in self.known.values():
+            try:
+                child.send_signal(sig)
+            except psutil.Error:
+                continue
 
     def remember_descendants(self) -> list[psutil.Process]:
         """Note the child's descendants now: once it dies they can no longer be found from it.

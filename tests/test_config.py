@@ -43,3 +43,8 @@ def test_from_mapping_accepts_int_for_float_and_names_bad_keys() -> None:
 def test_validate_rejects_bad_values_with_the_flag_name(changes: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         validate(RunConfig(**changes))
+
+
+def test_validate_rejects_infinite_numbers() -> None:
+    with pytest.raises(UsageError, match="--round-timeout must be a finite number, got inf"):
+        validate(RunConfig(round_timeout=float("inf")))

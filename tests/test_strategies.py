@@ -26,3 +26,8 @@ def test_strategies_are_flowers_own_weighted_by_examples() -> None:
 def test_bad_strategy_specs_are_one_line_errors(spec: str) -> None:
     with pytest.raises(UsageError, match=f"bad --strategy '{spec}': use fedavg, fedprox:MU"):
         check_strategy(spec)
+
+
+def test_an_infinite_proximal_term_is_refused() -> None:
+    with pytest.raises(UsageError, match="bad --strategy 'fedprox:inf'"):
+        check_strategy("fedprox:inf")
