@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -26,6 +26,7 @@ from fedcore.train import (
     seeded_generator,
     train_epochs,
 )
+from fedcore.weights import load_record, to_record
 
 app = ClientApp()
 
@@ -117,7 +118,7 @@ def train(msg: Message, context: Context) -> Message:
                             context.node_id)
     progress.write("starting", round=server_round)
     state = client_state(cfg, partition_id, num_partitions)
-    state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    load_record(state.model, msg.content["arrays"])
     optimizer = make_optimizer(state.model, cfg, float(config.get("lr", cfg.lr)))
 
     def report(epoch: int, batch: int, batches: int, samples: int, loss: float | None) -> None:
@@ -147,7 +148,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-started": train_started,
         "partition-id": partition_id,
     })
-    content = RecordDict({"arrays": ArrayRecord(state.model.state_dict()), "metrics": metrics})
+    content = RecordDict({"arrays": to_record(state.model), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
@@ -159,7 +160,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
                             context.node_id)
     progress.write("evaluating")
     state = client_state(cfg, partition_id, num_partitions)
-    state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    load_record(state.model, msg.content["arrays"])
     loss, accuracy = evaluate(state.model, state.test, batch_size=cfg.eval_batch_size,
                               precision=cfg.precision)
     progress.write("waiting")

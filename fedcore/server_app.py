@@ -8,7 +8,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -20,6 +20,7 @@ from fedcore.rundir import DEPARTED, RunDir, plot_curves, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
 from fedcore.train import DeviceData, evaluate, pick_device, prepare_model, scheduled_lr
+from fedcore.weights import load_record, to_record
 
 app = ServerApp()
 POLL_START, POLL_MAX = 0.02, 0.2
@@ -59,7 +60,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         train_images = int(resumed["train_images"])
         best = float(resumed["best_accuracy"])
         log(INFO, "resuming after round %d from %s", first_round - 1, run.path)
-    arrays = ArrayRecord(model.state_dict())
+    arrays = to_record(model)
     strategy = make_strategy(cfg.strategy, cfg.fraction_train)
     run.append_metric(
         "start", mode="federated", total=cfg.rounds, first_round=first_round,
@@ -87,7 +88,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
         if new_arrays is not None:
             arrays = new_arrays
-        model.load_state_dict(arrays.to_torch_state_dict())
+        load_record(model, arrays)
         aggregated = time.time()
         loss, accuracy = evaluate(model, test, batch_size=cfg.eval_batch_size, precision=cfg.precision)
         evaluated = time.time()
