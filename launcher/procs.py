@@ -156,6 +156,7 @@ async def stop_all(processes: Sequence[ManagedProcess], timeout: float = 10.0) -
         escaped.extend(p.descendants())
         p.stopping = True
         p.send(signal.SIGTERM)
+        p.send(signal.SIGCONT)  # a stopped (hung) process acts on SIGTERM only once continued
     deadline = time.monotonic() + timeout
     for p in live:
         assert p.reader is not None

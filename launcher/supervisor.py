@@ -226,9 +226,10 @@ class Supervisor:
         """Publish progress until the run ends or a stop is asked for; return the exit reason."""
         next_gpu = 0.0
         while True:
-            if self._stop_reason:
-                return self._stop_reason
             self._publish_events()
+            if self._stop_reason:
+                # A stop that comes after the app finished its last round keeps the run completed.
+                return "completed" if self.follower.ended() is not None else self._stop_reason
             if time.monotonic() >= next_gpu:
                 self._publish_gpus()
                 self._watch_descendants()

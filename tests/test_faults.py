@@ -242,3 +242,68 @@ def test_a_killed_serverapp_fails_the_run_at_once_by_name(tmp_path: Path) -> Non
         seconds = time.monotonic() - started
     assert "run failed: serverapp died" in failure_line(run), run.stdout[-3000:]
     assert seconds < 30, f"fedlaunch took {seconds:.0f} s to notice"
+
+
+# --- a hung client, and stops at the edges of a round ------------------------------------------
+
+@pytest.mark.timeout(200)
+def test_a_hung_client_costs_one_round_timeout_per_round_and_the_run_completes(
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP of client-1's executor after round 1: its SuperNode still looks alive to Flower,
+    so each later round waits --round-timeout (20 s) for it, then goes on with the other reply."""
+    with federated(tmp_path, 3) as run:
+        run.wait_for_event("round", round=1)
+
+        run.wait_for_role("client-1").suspend()
+
+        assert run.wait(150) == 0, run.report()
+        run.assert_no_orphans()
+    records = rounds(run.out)
+    assert [(r["round"], r["replies"]) for r in records] == [(1, 2), (2, 1), (3, 1)]
+    assert all(r["seconds"] >= 19 for r in records[1:]), [r["seconds"] for r in records]
+    assert_folder_says(run, "completed")
+
+
+@pytest.mark.timeout(120)
+def test_sigint_while_the_server_aggregates_exits_130(tmp_path: Path) -> None:
+    with federated(tmp_path, MANY) as run:
+        run.wait_for_event("round_start", round=2)
+        progress = run.out / "progress"
+
+        def both_replied() -> bool:
+            states = [read_state(progress / f"client-{i}.json") for i in (0, 1)]
+            return all(s == ("waiting", 2) for s in states)
+
+        wait_for(both_replied, 60)
+        run.send(signal.SIGINT)
+
+        assert_stopped_cleanly(run, 130, "interrupted")
+
+
+@pytest.mark.timeout(120)
+def test_sigint_during_shutdown_keeps_the_completed_run(tmp_path: Path) -> None:
+    with federated(tmp_path, 2) as run:
+        run.wait_for_event("end")
+
+        run.send(signal.SIGINT)
+
+        assert_stopped_cleanly(run, 0, "completed")
+    assert [r["round"] for r in rounds(run.out)] == [1, 2]
+
+
+def read_state(path: Path) -> tuple[str, int] | None:
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("state"), record.get("round")
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
