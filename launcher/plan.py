@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcore.config import RunConfig
+from fedcore.rundir import PROGRESS
 from launcher.bundle import toml_table
 from launcher.placement import Placement, client_env
 from launcher.procs import ProcessSpec
@@ -95,6 +96,11 @@ def flwr_home(run_dir: Path, name: str) -> str:
     return str(run_dir / "flwr" / name)
 
 
+def node_id_file(run_dir: Path, client: int) -> Path:
+    """Where client `client`'s SuperNode writes the node id the SuperLink gave it."""
+    return run_dir / PROGRESS / f"client-{client}.node"
+
+
 def federated_plan(
     cfg: RunConfig,
     run_dir: Path,
@@ -139,7 +145,7 @@ def federated_plan(
                 role="supernode",
                 argv=argv,
                 env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, f"client-{i}"), **client_env(gpu),
-                     **threads},
+                     **threads, "FEDLAUNCH_NODE_ID_FILE": str(node_id_file(run_dir, i))},
                 gpu=gpu_id,
                 client=i,
                 restartable=True,

@@ -1,7 +1,10 @@
-"""`flower-supernode` that notices new work promptly: its idle and reply waits are shortened."""
+"""`flower-supernode` that notices new work promptly (its idle and reply waits are shortened) and
+writes the node id the SuperLink gave it to `$FEDLAUNCH_NODE_ID_FILE`, so that the launcher can
+tell the ServerApp to stop waiting for a client that dies before its first task."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from types import ModuleType
@@ -28,6 +31,27 @@ class PromptTime(ModuleType):
         time.sleep(IDLE_WAIT if seconds >= 1 else min(seconds, SHORT_WAIT))
 
 
+NODE_ID_FILE = "FEDLAUNCH_NODE_ID_FILE"
+
+
+def record_node_id(path: str) -> None:
+    """Write every node id this SuperNode is given to `path` (write, then rename)."""
+    state_class = flwr_internals.get("flwr.supernode.nodestate.in_memory_nodestate",
+                                     "InMemoryNodeState")
+    set_node_id = state_class.set_node_id
+
+    def set_and_record(self: Any, node_id: int | None) -> None:
+        set_node_id(self, node_id)
+        if node_id:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(f"{node_id}\n")
+            os.replace(tmp, path)
+
+    state_class.set_node_id = set_and_record
+
+
 def main() -> None:
     module = sys.modules.get("flwr.supernode.start_client_internal")
     if module is None:
@@ -35,6 +59,8 @@ def main() -> None:
     flwr_internals.get("flwr.supernode.start_client_internal", "time")
     module.time = PromptTime()  # type: ignore[attr-defined]
     fast_object_pulls("flwr.supernode.start_client_internal")
+    if path := os.environ.get(NODE_ID_FILE):
+        record_node_id(path)
     flower_supernode = flwr_internals.get("flwr.supernode.cli.flower_supernode", "flower_supernode")
     sys.argv[0] = "flower-supernode"
     flower_supernode()

@@ -30,7 +30,7 @@ from launcher.events import (
 from launcher.follow import RunFollower
 from launcher.gpus import Nvml
 from launcher.hints import explain_failure
-from launcher.plan import Plan, run_config_toml
+from launcher.plan import Plan, node_id_file, run_config_toml
 from launcher.procs import ManagedProcess, stop_all
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
@@ -334,13 +334,19 @@ class Supervisor:
             raise RunFailed(name, "exited and no client is left", tuple(proc.tail))
 
     def _note_departed(self, client: int) -> None:
-        """Tell the ServerApp not to wait for the dead client's node (its last progress file)."""
-        path = self.rundir.progress_dir / f"client-{client}.json"
+        """Tell the ServerApp not to wait for the dead client's node: the id its SuperNode
+        recorded when it registered, and the one in its last progress file."""
+        ids: set[int] = set()
         try:
-            node_id = int(json.loads(path.read_text()).get("node_id", 0))
+            ids.add(int(node_id_file(self.rundir.path, client).read_text()))
+        except (OSError, ValueError):
+            pass
+        try:
+            path = self.rundir.progress_dir / f"client-{client}.json"
+            ids.add(int(json.loads(path.read_text()).get("node_id", 0)))
         except (OSError, ValueError, AttributeError):
-            return
-        if node_id:
+            pass
+        for node_id in sorted(ids - {0}):
             self.rundir.add_departed_node(node_id)
 
     def _write_summary(self, reason: str, wall: float) -> dict[str, object]:
