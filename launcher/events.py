@@ -25,7 +25,7 @@ class RunStarted:
     num_clients: int  # 1 trainer for a local run
     out_dir: str
     started_at: float  # time.time()
-    client_gpus: tuple[int | None, ...] = ()  # physical GPU id per client, None = CPU
+    client_gpus: dict[int, int | None] = field(default_factory=dict)  # partition id: physical GPU, None = CPU
 
 
 @dataclass(frozen=True)

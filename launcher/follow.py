@@ -14,10 +14,10 @@ from launcher.events import ClientProgress, Event, Notice, RoundFinished, RoundS
 class RunFollower:
     """Reads new metrics lines and changed progress files each time `poll()` is called."""
 
-    def __init__(self, run_dir: Path, client_gpus: tuple[int | None, ...] = ()) -> None:
+    def __init__(self, run_dir: Path, client_gpus: dict[int, int | None] | None = None) -> None:
         self.metrics_path = run_dir / METRICS
         self.progress_dir = run_dir / PROGRESS
-        self.client_gpus = client_gpus
+        self.client_gpus = client_gpus or {}
         self._offset = 0
         self._partial = b""
         self._seen: dict[str, tuple[int, int]] = {}
@@ -108,7 +108,7 @@ def metric_event(record: dict[str, Any]) -> Event | None:
     return None
 
 
-def progress_event(record: dict[str, Any], client_gpus: tuple[int | None, ...]) -> Event | None:
+def progress_event(record: dict[str, Any], client_gpus: dict[int, int | None]) -> Event | None:
     try:
         client = int(record["client"])
         loss = record.get("train_loss")
@@ -122,7 +122,7 @@ def progress_event(record: dict[str, Any], client_gpus: tuple[int | None, ...]) 
             batches=int(record.get("batches", 0)),
             samples=int(record.get("samples", 0)),
             train_loss=float(loss) if loss is not None else None,
-            gpu=client_gpus[client] if client < len(client_gpus) else None,
+            gpu=client_gpus.get(client),
             error=record.get("error"),
             detail=str(record.get("detail", "")),
         )

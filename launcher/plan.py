@@ -34,8 +34,10 @@ class Plan:
     root_certificates: str = ""  # the CA `flwr run` and local clients trust; "" = no TLS
 
     @property
-    def client_gpus(self) -> tuple[int | None, ...]:
-        return self.placement.client_gpu
+    def client_gpus(self) -> dict[int, int | None]:
+        """The physical GPU (None: the CPU) of each client started here, by partition id."""
+        return {spec.client: spec.gpu for spec in self.processes
+                if spec.role in ("supernode", "local") and spec.client is not None}
 
     def describe(self) -> str:
         """A human-readable plan: each process, its GPU, its command line."""
@@ -101,6 +103,32 @@ def node_id_file(run_dir: Path, client: int) -> Path:
     return run_dir / PROGRESS / f"client-{client}.node"
 
 
+def client_spec(
+    run_dir: Path, partition_id: int, node_config: str, superlink: str, tls: tuple[str, ...],
+    gpu_id: int | None, placement: Placement, threads: dict[str, str], executor: str,
+    extra: tuple[str, ...] = (),
+) -> ProcessSpec:
+    """One client: the warm executor (with its SuperNode under it) or a stock SuperNode, pinned
+    to its GPU, on a free runtime port, restartable."""
+    runtime_port = str(free_port("127.0.0.1"))
+    if executor == "warm":
+        argv: tuple[str, ...] = (
+            sys.executable, "-m", "launcher.executor", "--superlink", superlink,
+            "--node-config", node_config, "--runtime-port", runtime_port, *tls, *extra)
+    else:
+        argv = (bin_path("flower-supernode"), *tls, "--superlink", superlink,
+                "--node-config", node_config, "--host", "127.0.0.1", "--port", runtime_port,
+                *extra)
+    gpu = next((g for g in placement.gpus if g.index == gpu_id), None) if gpu_id is not None else None
+    name = f"client-{partition_id}"
+    return ProcessSpec(
+        name=name, role="supernode", argv=argv,
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, name), **client_env(gpu), **threads,
+             "FEDLAUNCH_NODE_ID_FILE": str(node_id_file(run_dir, partition_id))},
+        gpu=gpu_id, client=partition_id, restartable=True,
+    )
+
+
 def federated_plan(
     cfg: RunConfig,
     run_dir: Path,
@@ -127,30 +155,10 @@ def federated_plan(
             gpu=server_gpu.index if server_gpu else None,
         )
     ]
-    gpus_by_id = {g.index: g for g in placement.gpus}
     for i, gpu_id in enumerate(placement.client_gpu):
-        gpu = gpus_by_id.get(gpu_id) if gpu_id is not None else None
         node_config = f"partition-id={i} num-partitions={cfg.clients}"
-        runtime_port = str(free_port(host))
-        if executor == "warm":
-            argv: tuple[str, ...] = (
-                sys.executable, "-m", "launcher.executor", "--superlink", address,
-                "--node-config", node_config, "--runtime-port", runtime_port, "--insecure")
-        else:
-            argv = (bin_path("flower-supernode"), "--insecure", "--superlink", address,
-                    "--node-config", node_config, "--host", host, "--port", runtime_port)
-        specs.append(
-            ProcessSpec(
-                name=f"client-{i}",
-                role="supernode",
-                argv=argv,
-                env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, f"client-{i}"), **client_env(gpu),
-                     **threads, "FEDLAUNCH_NODE_ID_FILE": str(node_id_file(run_dir, i))},
-                gpu=gpu_id,
-                client=i,
-                restartable=True,
-            )
-        )
+        specs.append(client_spec(run_dir, i, node_config, address, ("--insecure",), gpu_id,
+                                 placement, threads, executor))
     specs.append(
         ProcessSpec(
             name="server",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from launcher.plan import (
     FLWR_ENV,
     Plan,
     bin_path,
+    client_spec,
     cpu_threads,
     flwr_home,
-    free_port,
 )
 from launcher.procs import ProcessSpec
 
@@ -123,29 +122,6 @@ def insecure_warning(address: Address, who: str) -> str:
             "--certificates instead")
 
 
-def _client_spec(
-    run_dir: Path, partition_id: int, node_config: str, superlink: Address,
-    tls: tuple[str, ...], gpu_id: int | None, placement: Placement, threads: dict[str, str],
-    executor: str, extra: tuple[str, ...] = (),
-) -> ProcessSpec:
-    """One SuperNode (warm executor or stock) for `partition_id`, like launcher.plan's clients."""
-    runtime_port = str(free_port(LOCAL))
-    if executor == "warm":
-        argv: tuple[str, ...] = (
-            sys.executable, "-m", "launcher.executor", "--superlink", str(superlink),
-            "--node-config", node_config, "--runtime-port", runtime_port, *tls, *extra)
-    else:
-        argv = (bin_path("flower-supernode"), *tls, "--superlink", str(superlink),
-                "--node-config", node_config, "--host", LOCAL, "--port", runtime_port, *extra)
-    gpu = next((g for g in placement.gpus if g.index == gpu_id), None) if gpu_id is not None else None
-    name = f"client-{partition_id}"
-    return ProcessSpec(
-        name=name, role="supernode", argv=argv,
-        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, name), **client_env(gpu), **threads},
-        gpu=gpu_id, client=partition_id, restartable=True,
-    )
-
-
 def serve_plan(
     cfg: RunConfig,
     run_dir: Path,
@@ -208,7 +184,7 @@ def serve_plan(
     threads = cpu_threads(max(1, len(local_partitions)))
     for partition_id, gpu_id in zip(local_partitions, placement.client_gpu, strict=True):
         node_config = f"partition-id={partition_id} num-partitions={cfg.clients}"
-        specs.append(_client_spec(run_dir, partition_id, node_config, reach, tls, gpu_id,
+        specs.append(client_spec(run_dir, partition_id, node_config, str(reach), tls, gpu_id,
                                   placement, threads, executor))
     specs.append(ProcessSpec(
         name="server", role="submit",
@@ -259,10 +235,10 @@ def join_plan(
     progress = json.dumps(str(run_dir / "progress"))
     threads = cpu_threads(len(partition_ids))
     specs = tuple(
-        _client_spec(run_dir, partition_id,
+        client_spec(run_dir, partition_id,
                      f"partition-id={partition_id} num-partitions={num_partitions} "
                      f"progress-dir={progress}",
-                     address, tls, gpu_id, placement, threads, executor, extra)
+                     str(address), tls, gpu_id, placement, threads, executor, extra)
         for partition_id, gpu_id in zip(partition_ids, placement.client_gpu, strict=True)
     )
     placement = dataclasses.replace(placement, warnings=tuple(warnings))

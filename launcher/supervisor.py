@@ -122,7 +122,7 @@ class Supervisor:
             model=plan.cfg.model, dataset=plan.cfg.dataset,
             partition=plan.cfg.partition if plan.mode == "federated" else "none",
             total=plan.cfg.epochs if plan.mode == "local" else plan.cfg.rounds,
-            num_clients=1 if plan.mode == "local" else len(plan.client_gpus),
+            num_clients=plan.cfg.clients if plan.mode == "federated" else len(plan.client_gpus),
             out_dir=str(plan.run_dir), started_at=started, client_gpus=plan.client_gpus,
         ))
         for note in plan.placement.notes:
@@ -257,7 +257,7 @@ class Supervisor:
                 if sample.memory_used is not None and sample.memory_total is not None:
                     where += (f" ({sample.name}, {sample.memory_used / 2**30:.1f} of "
                               f"{sample.memory_total / 2**30:.1f} GiB in use)")
-        clients_here = sum(1 for g in self.plan.client_gpus if g == event.gpu)
+        clients_here = sum(1 for g in self.plan.client_gpus.values() if g == event.gpu)
         return (f"client-{event.client} ran out of memory on {where} in round {event.round}: "
                 f"{event.detail}. {clients_here} client(s) share it; use fewer clients per GPU "
                 f"(more --gpus or fewer --clients) or a smaller --batch-size "

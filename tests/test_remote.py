@@ -30,6 +30,9 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from launcher.bundle import write_flwr_config
 from launcher.certs import CertPaths, certs_main, generate, server_names
+from launcher.events import RunStarted
+from launcher.follow import RunFollower
+from launcher.gpus import GpuInfo
 from launcher.hints import explain_failure
 from launcher.placement import Placement
 from launcher.remote import (
@@ -39,6 +42,7 @@ from launcher.remote import (
     root_ca,
     serve_plan,
 )
+from launcher.tui.state import RunState
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = RunConfig(dataset="synthetic", model="cnn", limit_train=600, limit_test=200, clients=2,
@@ -234,6 +238,29 @@ def test_join_plan_starts_only_clients(tmp_path: Path, certs: CertPaths) -> None
     assert "--insecure" not in argv
     assert plan.max_restarts == 5
     assert plan.processes[0].env["FLWR_HOME"] == str(tmp_path / "flwr" / "client-2")
+
+
+def test_join_clients_are_named_by_partition_id_on_screen(tmp_path: Path) -> None:
+    """Partitions 5 and 6 joined on GPUs 1 and 0: the TUI rows, their GPUs and the progress the
+    ClientApps write are all keyed by partition id, not by the order of the local slots."""
+    gpus = tuple(GpuInfo(i, f"GPU-{i}", "H200", 141 * 2**30, 140 * 2**30) for i in (0, 1))
+    placement = Placement(gpus=gpus, client_gpu=(1, 0))
+    plan = join_plan(CFG, tmp_path, placement, Address("h", 1), range(5, 7), 8, None, insecure=True)
+    assert plan.client_gpus == {5: 1, 6: 0}
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plan.processes] == ["GPU-1", "GPU-0"]
+
+    (tmp_path / "progress").mkdir()
+    (tmp_path / "progress" / "client-6.json").write_text(json.dumps(
+        {"client": 6, "state": "training", "round": 1, "epoch": 1, "epochs": 1, "batch": 3,
+         "batches": 9, "samples": 100, "train_loss": 2.1}))
+    progress = RunFollower(tmp_path, plan.client_gpus).poll()
+    state = RunState()
+    state.apply(RunStarted("j", "join", "cnn", "synthetic", "iid", 2, len(plan.client_gpus),
+                           str(tmp_path), 0.0, plan.client_gpus))
+    for event in progress:
+        state.apply(event)
+    assert {c: (row.gpu, row.state) for c, row in state.clients.items()} == {
+        5: (1, "starting"), 6: (0, "training")}
 
 
 def test_join_plan_stock_executor_and_insecure(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ async def settle(pilot: Pilot[int], script: Script) -> None:
 def started(clients: int = 3, gpus: tuple[int | None, ...] = (0, 1, 0)) -> list[Event]:
     return [
         RunStarted("demo-run", "federated", "cnn", "cifar10", "dirichlet:0.5", 10, clients,
-                   "/runs/demo-run", NOW - 95.0, gpus),
+                   "/runs/demo-run", NOW - 95.0, dict(enumerate(gpus))),
         ProcessStarted("superlink", 101, "superlink"),
         *(ProcessStarted(f"client-{k}", 110 + k, "supernode", gpus[k], k) for k in range(clients)),
         ProcessStarted("server", 120, "server"),
@@ -233,7 +233,7 @@ async def test_run_finished_with_exit_on_finish_exits_with_its_code() -> None:
 
 async def test_local_run_counts_epochs() -> None:
     events: list[Event] = [
-        RunStarted("solo", "local", "resnet18", "cifar10", "none", 5, 1, "/runs/solo", NOW - 10, (0,)),
+        RunStarted("solo", "local", "resnet18", "cifar10", "none", 5, 1, "/runs/solo", NOW - 10, {0: 0}),
         ProcessStarted("local", 130, "local", 0, 0),
         RoundStarted(1, 5),
         RoundFinished(1, 5, 0.5, 1.4, 1.6, 1, 10.0, 0.5),

@@ -25,7 +25,7 @@ def cpu_only(state: RunState) -> bool:
         return True
     if state.gpu_seen:
         return not state.gpus
-    gpus = state.run.client_gpus if state.run is not None else ()
+    gpus = list(state.run.client_gpus.values()) if state.run is not None else []
     return bool(gpus) and all(g is None for g in gpus)
 
 

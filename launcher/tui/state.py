@@ -166,10 +166,9 @@ class RunState:
 
     def _on_RunStarted(self, event: RunStarted) -> None:
         self.run = event
-        for client in range(event.num_clients):
+        for client, gpu in event.client_gpus.items():
             row = self._row(client)
-            if client < len(event.client_gpus):
-                row.gpu, row.gpu_known = event.client_gpus[client], True
+            row.gpu, row.gpu_known = gpu, True
         self.dirty |= {"header", "progress", "clients-layout", "metrics"}
 
     def _on_ProcessStarted(self, event: ProcessStarted) -> None:
