@@ -23,7 +23,7 @@ from fedcore.train import DeviceData, evaluate, pick_device, prepare_model, sche
 from fedcore.weights import load_record, to_record
 
 app = ServerApp()
-POLL_START, POLL_MAX = 0.02, 0.2
+POLL_START, POLL_MAX = 0.02, 0.05
 
 
 @app.main()

@@ -14,21 +14,36 @@ from fedcore.flwr_tuning import fast_object_pulls
 from launcher import flwr_internals
 
 IDLE_WAIT = 0.2  # stock: 3 s between polls of the SuperLink when no message came
+FIRST_IDLE_WAIT = 0.02  # right after a task, when the next round's message is due soon
 SHORT_WAIT = 0.05  # stock: 0.5 s between checks for a ClientApp's reply
 
 
 class PromptTime(ModuleType):
-    """Stands in for `time` inside flwr's SuperNode loop; every other attribute is the real one."""
+    """Stands in for `time` inside flwr's SuperNode loop; every other attribute is the real one.
 
-    def __init__(self) -> None:
+    Idle polls of the SuperLink start at FIRST_IDLE_WAIT after the last task and grow to
+    IDLE_WAIT: the next round's message comes soon after a reply, so the client that finished
+    last (the one the round waits for) sees it within tens of milliseconds, while an idle node
+    settles at five polls a second.
+    """
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
         super().__init__("time")
+        self.clock = clock
+        self.busy_at = -1e9  # when the node last waited for a ClientApp
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        time.sleep(IDLE_WAIT if seconds >= 1 else min(seconds, SHORT_WAIT))
+    def idle_wait(self) -> float:
+        return min(IDLE_WAIT, max(FIRST_IDLE_WAIT, (self.clock() - self.busy_at) / 4))
+
+    def sleep(self, seconds: float) -> None:
+        if seconds >= 1:
+            time.sleep(self.idle_wait())
+            return
+        self.busy_at = self.clock()
+        time.sleep(min(seconds, SHORT_WAIT))
 
 
 NODE_ID_FILE = "FEDLAUNCH_NODE_ID_FILE"
