@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -69,6 +70,8 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
     )
     wait_for_nodes(grid, cfg.clients, cfg.round_timeout, run)
 
+    departed = run.path / DEPARTED
+    trained: Trained | None = None  # the last round, aggregated; its evaluation still to do
     for server_round in range(first_round, cfg.rounds + 1):
         round_started = time.time()
         run.append_metric("round_start", round=server_round, total=cfg.rounds)
@@ -79,7 +82,11 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
         run.append_metric("nodes", connected=sorted(m.metadata.dst_node_id for m in messages),
                           expected=cfg.clients, round=server_round)
-        replies = send_and_collect(grid, messages, cfg.round_timeout, run.path / DEPARTED)
+        pending = push(grid, messages)
+        if trained is not None:  # evaluated while the clients train this round
+            best, train_images = finish(trained, round_started, model, test, cfg, run, best,
+                                        train_images)
+        replies = collect(grid, pending, cfg.round_timeout, departed)
         collected = time.time()
         ok = sorted((m for m in replies if not m.has_error()),
                     key=lambda m: int(m.content["metrics"]["partition-id"]))
@@ -88,44 +95,69 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
         if new_arrays is not None:
             arrays = new_arrays
-        load_record(model, arrays)
-        aggregated = time.time()
-        loss, accuracy = evaluate(model, test, batch_size=cfg.eval_batch_size, precision=cfg.precision)
-        evaluated = time.time()
-        images = sum(int(m.content["metrics"]["num-examples"]) for m in ok) * cfg.local_epochs
-        train_images += images
-        best = max(best, accuracy)
-        state = {
-            "round": server_round, "state_dict": model.state_dict(), "accuracy": accuracy,
-            "best_accuracy": best, "train_images": train_images,
-        }
-        run.save_checkpoint("last", state)
-        if accuracy >= best:
-            run.save_checkpoint("best", state)
-        train_loss = train_metrics.get("train-loss") if train_metrics else None
-        run.append_metric(
-            "round", round=server_round, total=cfg.rounds, accuracy=accuracy, loss=loss,
-            train_loss=train_loss, replies=len(ok), failures=len(messages) - len(ok),
-            clients=[int(m.content["metrics"]["partition-id"]) for m in ok],
-            seconds=round(time.time() - round_started, 3), train_images=train_images,
-            best_accuracy=best,
-            client_train_seconds=max(
-                (float(m.content["metrics"].get("train-seconds", 0.0)) for m in ok), default=0.0
-            ),
-            collect_seconds=round(collected - round_started, 3),
-            aggregate_seconds=round(aggregated - collected, 3),
-            evaluate_seconds=round(evaluated - aggregated, 3),
-            train_started=min(
-                (float(m.content["metrics"].get("train-started", 0.0)) for m in ok), default=None
-            ),
-        )
-        log(INFO, "round %d/%d: accuracy %.4f loss %.4f (%d replies)",
-            server_round, cfg.rounds, accuracy, loss, len(ok))
+        trained = Trained(server_round, arrays, ok, len(messages), train_metrics, round_started,
+                          collected, time.time())
+    if trained is not None:
+        finish(trained, None, model, test, cfg, run, best, train_images)
 
     run.append_metric("end", exit_reason="completed")
     run.write_summary(summarize(run, mode="federated", exit_reason="completed",
                                 wall_seconds=time.time() - started))
     plot_curves(run)
+
+
+@dataclass
+class Trained:
+    """A round whose replies are in and aggregated, before its central evaluation."""
+
+    round: int
+    arrays: ArrayRecord
+    ok: list[Message]
+    sent: int
+    train_metrics: MetricRecord | None
+    started: float
+    collected: float
+    aggregated: float
+
+
+def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test: DeviceData,
+           cfg: RunConfig, run: RunDir, best: float, train_images: int) -> tuple[float, int]:
+    """Evaluate round `t`'s global model, checkpoint it and write its metrics line.
+
+    The next round's messages went out before this (at `next_started`), so the clients train
+    while the server evaluates; the round's `seconds` run until then, or, for the last round,
+    until its evaluation ends. Returns the new best accuracy and training-image count.
+    """
+    load_record(model, t.arrays)
+    evaluating = time.time()
+    loss, accuracy = evaluate(model, test, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+    evaluated = time.time()
+    train_images += sum(int(m.content["metrics"]["num-examples"]) for m in t.ok) * cfg.local_epochs
+    best = max(best, accuracy)
+    state = {
+        "round": t.round, "state_dict": model.state_dict(), "accuracy": accuracy,
+        "best_accuracy": best, "train_images": train_images,
+    }
+    run.save_checkpoint("last", state)
+    if accuracy >= best:
+        run.save_checkpoint("best", state)
+    metrics = [m.content["metrics"] for m in t.ok]
+    run.append_metric(
+        "round", round=t.round, total=cfg.rounds, accuracy=accuracy, loss=loss,
+        train_loss=t.train_metrics.get("train-loss") if t.train_metrics else None,
+        replies=len(t.ok), failures=t.sent - len(t.ok),
+        clients=[int(m["partition-id"]) for m in metrics],
+        seconds=round((next_started or time.time()) - t.started, 3), train_images=train_images,
+        best_accuracy=best,
+        client_train_seconds=max((float(m.get("train-seconds", 0.0)) for m in metrics), default=0.0),
+        collect_seconds=round(t.collected - t.started, 3),
+        aggregate_seconds=round(t.aggregated - t.collected, 3),
+        evaluate_seconds=round(evaluated - evaluating, 3),
+        train_started=min((float(m.get("train-started", 0.0)) for m in metrics), default=None),
+    )
+    log(INFO, "round %d/%d: accuracy %.4f loss %.4f (%d replies)",
+        t.round, cfg.rounds, accuracy, loss, len(t.ok))
+    return best, train_images
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float, run: RunDir) -> None:
@@ -148,16 +180,20 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float, run: RunDir) -> No
     run.append_metric("nodes", connected=nodes, expected=expected)
 
 
-def send_and_collect(
-    grid: Grid, messages: list[Message], timeout: float, departed: Path | None = None
-) -> list[Message]:
-    """Push `messages` and pull each reply as soon as it lands, until all are in or `timeout`.
+def push(grid: Grid, messages: list[Message]) -> dict[str, int]:
+    """Send `messages`; the id of each one sent, with the node it went to."""
+    ids = grid.push_messages(messages)
+    return {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid}
+
+
+def collect(grid: Grid, pending: dict[str, int], timeout: float,
+            departed: Path | None = None) -> list[Message]:
+    """Pull each reply to the `pending` messages as soon as it lands, until all are in or `timeout`.
 
     Node ids listed in `departed` (the launcher writes those of clients that died) are not
     waited for: their replies will never come.
     """
-    ids = list(grid.push_messages(messages))
-    pending = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid}
+    pending = dict(pending)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     delay = POLL_START
