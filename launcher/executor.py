@@ -29,9 +29,11 @@ STARTUP_GRACE = 60.0
 class Executor:
     """Claims tasks from one SuperNode's runtime API and runs them, one at a time."""
 
-    def __init__(self, runtime_address: str, log: Callable[..., None]) -> None:
+    def __init__(self, runtime_address: str, log: Callable[..., None],
+                 worth_retrying: Callable[[], bool] = lambda: True) -> None:
         self.address = runtime_address
         self.log = log
+        self.worth_retrying = worth_retrying
         self.apps: dict[str, Any] = {}
         self.app_dir: Path | None = None
         self.stopping = False
@@ -42,10 +44,13 @@ class Executor:
             component_name=component)]
         if token is not None:
             interceptors.append(fi.get("flwr.supercore.interceptors", "RuntimeTokenHttpInterceptor")(token))
+        retry = fi.get("flwr.supercore.retry", "make_simple_http_retry_invoker")()
+        giveup = retry.should_giveup
+        # Flower retries a silent runtime API forever; stop once the SuperNode or launcher is gone.
+        retry.should_giveup = lambda exc: not self.worth_retrying() or bool(giveup and giveup(exc))
         return fi.get("flwr.supercore.runtime", "RuntimeHttpClient").from_server_address(
             server_address=self.address, insecure=True, root_certificates=None,
-            interceptors=interceptors,
-            retry_invoker=fi.get("flwr.supercore.retry", "make_simple_http_retry_invoker")(),
+            interceptors=interceptors, retry_invoker=retry,
         )
 
     def acquire(self) -> str | None:
@@ -159,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     from flwr.common.logger import log
 
     fast_object_pulls()
-    executor = Executor(address, log)
+    launcher = os.getppid()
+    executor = Executor(address, log, worth_retrying=lambda: supernode.poll() is None
+                        and os.getppid() == launcher)
 
     def stop(signum: int, _frame: object) -> None:
         executor.stopping = True
