@@ -77,9 +77,11 @@ def make_plan(
     request = parse_gpus(gpus)
     nvml = nvml or Nvml()
     here = 1 if local else cfg.clients if local_clients is None else local_clients
-    placement = plan_placement(here, request, nvml,
+    placement = plan_placement(max(here, 1), request, nvml,
                                per_client_bytes=client_footprint(cfg.model, cfg.batch_size),
                                clients_per_gpu=clients_per_gpu)
+    if here == 0:  # --serve with every client on other machines: the GPUs are the server's
+        placement = dataclasses.replace(placement, client_gpu=())
     if dry_run:
         if remote is not None:
             return remote(cfg, placement)
