@@ -44,9 +44,11 @@ class HeadlessPrinter:
         elif isinstance(event, RunStarted):
             self.started = event.started_at
             self.unit = "epoch" if event.mode == "local" else "round"
-            self._write(self._bold(f"fedlaunch: {event.mode} run '{event.run_name}': "
-                                   f"{event.model} on {event.dataset}, {event.total} "
-                                   f"{self.unit}s -> {event.out_dir}"))
+            what = (f"{event.model} on {event.dataset}, {event.total} {self.unit}s"
+                    if event.model else "client(s) " + ", ".join(map(str, event.client_gpus))
+                    + " (model, data and rounds set by the server)")
+            self._write(self._bold(f"fedlaunch: {event.mode} run '{event.run_name}': {what} "
+                                   f"-> {event.out_dir}"))
         elif isinstance(event, RoundFinished):
             train = f"  train loss {event.train_loss:.4f}" if event.train_loss is not None else ""
             replies = f"  replies {event.replies}" if self.unit == "round" else ""

@@ -36,7 +36,7 @@ class RunHeader(Static):
             top.append("  waiting for the run to start", "dim")
         else:
             top.append(f" {run.run_name}", "bold")
-            parts = [run.mode, run.model, run.dataset]
+            parts = [p for p in (run.mode, run.model, run.dataset) if p]
             if run.mode == "federated":
                 parts += [run.partition, f"{run.num_clients} clients"]
             top.append("  " + " · ".join(parts))
