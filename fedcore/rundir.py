@@ -18,7 +18,7 @@ CONFIG = "config.json"
 PARTITIONS = "partitions.json"
 PROGRESS = "progress"
 CHECKPOINTS = "checkpoints"
-DEPARTED = "departed-nodes.txt"  # node ids of clients that died: the server stops waiting for them
+DEPARTED = "departed-nodes.txt"  # `ID` a client died (the server stops waiting), `+ID` it is back
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -92,6 +92,11 @@ class RunDir:
     def add_departed_node(self, node_id: int) -> None:
         with (self.path / DEPARTED).open("a") as fh:
             fh.write(f"{node_id}\n")
+
+    def add_returned_node(self, node_id: int) -> None:
+        """A departed node id is back (a restarted client that signs in with the same key)."""
+        with (self.path / DEPARTED).open("a") as fh:
+            fh.write(f"+{node_id}\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / SUMMARY, summary)

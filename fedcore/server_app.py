@@ -79,7 +79,10 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
             "lr": scheduled_lr(cfg, server_round - 1, cfg.rounds),
             "local-epochs": cfg.local_epochs,
         })
-        messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        wait_for_a_live_node(grid, departed, cfg.round_timeout)
+        gone = departed_nodes(departed)  # dead clients' nodes linger until heartbeats are missed
+        messages = [m for m in strategy.configure_train(server_round, arrays, config, grid)
+                    if m.metadata.dst_node_id not in gone]
         run.append_metric("nodes", connected=sorted(m.metadata.dst_node_id for m in messages),
                           expected=cfg.clients, round=server_round)
         pending = push(grid, messages)
@@ -180,6 +183,21 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float, run: RunDir) -> No
     run.append_metric("nodes", connected=nodes, expected=expected)
 
 
+def wait_for_a_live_node(grid: Grid, departed: Path, timeout: float) -> None:
+    """When every connected node belongs to a client that died, wait (up to `timeout`) for one
+    to come back rather than run rounds that nobody trains."""
+    deadline = time.monotonic() + timeout
+    told = False
+    while not set(grid.get_node_ids()) - departed_nodes(departed):
+        if time.monotonic() > deadline:
+            log(WARNING, "no client came back in %.0f s; going on", timeout)
+            return
+        if not told:
+            log(WARNING, "every client has left; waiting up to %.0f s for one to come back", timeout)
+            told = True
+        time.sleep(0.2)
+
+
 def push(grid: Grid, messages: list[Message]) -> dict[str, int]:
     """Send `messages`; the id of each one sent, with the node it went to."""
     ids = grid.push_messages(messages)
@@ -216,13 +234,21 @@ def collect(grid: Grid, pending: dict[str, int], timeout: float,
 
 
 def departed_nodes(path: Path | None) -> set[int]:
-    """Node ids in the launcher's departed-nodes file, one per line."""
+    """Node ids of clients that died and are not back, from the launcher's departed-nodes file:
+    a line `ID` when a client dies, `+ID` when its restart signs in again under the same id."""
     if path is None:
         return set()
     try:
-        return {int(line) for line in path.read_text().split() if line.isdigit()}
+        words = path.read_text().split()
     except OSError:
         return set()
+    gone: set[int] = set()
+    for word in words:
+        if word.isdigit():
+            gone.add(int(word))
+        elif word.startswith("+") and word[1:].isdigit():
+            gone.discard(int(word[1:]))
+    return gone
 
 
 torch.backends.cudnn.benchmark = True

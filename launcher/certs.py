@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
 import re
 import sys
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedcore.errors import UsageError
+from launcher.nodeauth import NODES, generate_node_keys, write_file
 
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY = "ca.crt", "ca.key", "server.pem", "server.key"
 ALWAYS = ("127.0.0.1", "localhost")  # the SuperLink's own ServerApp and `flwr run` connect here
@@ -84,21 +84,6 @@ def san_entries(hosts: Iterable[str]) -> list[x509.GeneralName]:
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedlaunch"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write beside `path`, set `mode` before any byte is written, then rename into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, mode)  # the umask may have taken bits away from a certificate's 0644
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -168,10 +153,10 @@ def generate(dir: Path, hosts: list[str], *, force: bool = False,
         .sign(ca_key, hashes.SHA256())
     )
 
-    _write(paths.ca_key, _key_pem(ca_key), 0o600)
-    _write(paths.server_key, _key_pem(server_key), 0o600)
-    _write(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(paths.ca_key, _key_pem(ca_key), 0o600)
+    write_file(paths.server_key, _key_pem(server_key), 0o600)
+    write_file(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return paths
 
 
@@ -212,9 +197,15 @@ def certs_main(argv: list[str]) -> int:
     parser.add_argument("dir", help="folder for ca.crt, ca.key, server.pem, server.key")
     parser.add_argument("--host", action="append", default=[], metavar="NAME",
                         help="a name or IP address clients use to reach the SuperLink (repeat)")
+    parser.add_argument("--node-keys", type=int, default=0, metavar="N",
+                        help="also make SuperNode keys for partitions 0..N-1 in DIR/nodes "
+                        "(for --node-keys: only these nodes may join)")
     parser.add_argument("--force", action="store_true", help="replace certificates already there")
     args = parser.parse_args(argv)
+    if args.node_keys < 0:
+        raise UsageError(f"certs: --node-keys {args.node_keys}: give the number of partitions")
     paths = generate(Path(args.dir), args.host, force=args.force)
+    keys = generate_node_keys(paths.dir / NODES, args.node_keys, force=args.force) if args.node_keys else []
     names = ", ".join(server_names(paths.server_cert))
     host = check_host(args.host[0]) if args.host else "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
@@ -224,6 +215,12 @@ def certs_main(argv: list[str]) -> int:
           f"serve:  fedlaunch --serve 0.0.0.0:9092 --certificates {paths.dir} ...\n"
           f"join:   copy {paths.ca_cert.name} (never the .key files) to each client machine, then\n"
           f"        fedlaunch --join {host}:9092 --root-certificates ca.crt ...")
+    if keys:
+        print(f"node keys: {paths.dir / NODES}/node-0.key .. node-{len(keys) - 1}.key (mode 0600) and "
+              f".pub\n"
+              f"serve:  add --node-keys {paths.dir}: only these {len(keys)} nodes may join\n"
+              f"join:   copy node-<partition id>.key for the partitions a machine trains into a "
+              f"folder there\n        and add --node-keys FOLDER")
     return 0
 
 

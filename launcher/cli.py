@@ -119,6 +119,10 @@ def build_parser() -> Parser:
     net.add_argument("--root-certificates", metavar="FILE", help="the CA a joining client trusts")
     net.add_argument("--insecure", action="store_true",
                      help="no TLS beyond this machine (prints a warning)")
+    net.add_argument("--node-keys", metavar="DIR",
+                     help="SuperNode authentication (needs TLS): --serve admits only the nodes "
+                     "whose DIR/*.pub it registers; each client signs in with "
+                     "DIR/node-<partition id>.key (`fedlaunch certs DIR --node-keys N`)")
     settings = parser.add_argument_group("training (flags override the profile)")
     for key, text in CONFIG_FLAGS.items():
         default = getattr(defaults, key.replace("-", "_"))
@@ -196,6 +200,7 @@ def network_plan(args: argparse.Namespace, cfg: RunConfig, run_dir: Path,
 
     ids = partition_range(args.partition_ids)
     certs = Path(args.certificates).expanduser().resolve() if args.certificates else None
+    keys = Path(args.node_keys) if args.node_keys else None
     if args.serve and args.join:
         raise UsageError("--serve and --join exclude each other: one machine serves, others join")
     if args.serve:
@@ -205,7 +210,7 @@ def network_plan(args: argparse.Namespace, cfg: RunConfig, run_dir: Path,
         def serve(cfg: RunConfig, placement: Any) -> Any:
             return remote.serve_plan(cfg, run_dir, placement, address, certs, args.insecure,
                                      local_partitions=local, max_restarts=opts["max-restarts"],
-                                     executor=args.executor)
+                                     executor=args.executor, node_keys=keys)
 
         return len(local), serve
     if args.join:
@@ -223,12 +228,13 @@ def network_plan(args: argparse.Namespace, cfg: RunConfig, run_dir: Path,
         def join(cfg: RunConfig, placement: Any) -> Any:
             return remote.join_plan(cfg, run_dir, placement, address, ids, args.num_partitions,
                                     ca, args.insecure, max_restarts=opts["max-restarts"],
-                                    executor=args.executor)
+                                    executor=args.executor, node_keys=keys)
 
         return len(ids), join
-    if args.partition_ids or args.certificates or args.root_certificates or args.insecure:
-        raise UsageError("--partition-ids, --certificates, --root-certificates and --insecure go "
-                         "with --serve or --join")
+    if (args.partition_ids or args.certificates or args.root_certificates or args.insecure
+            or args.node_keys):
+        raise UsageError("--partition-ids, --certificates, --root-certificates, --insecure and "
+                         "--node-keys go with --serve or --join")
     return None, None
 
 

@@ -31,6 +31,7 @@ REQUIRED: tuple[tuple[str, str], ...] = (
     ("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree"),
     ("flwr.supernode.start_client_internal", "time"),
     ("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState"),
+    ("flwr.supernode.fleet_http_client", "FleetHttpClient"),
     ("flwr.supernode.cli.flower_supernode", "flower_supernode"),
     ("flwr.supernode.start_client_internal", "pull_objects"),
     ("flwr.superlink.grid.http_grid", "pull_objects"),

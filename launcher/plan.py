@@ -32,6 +32,7 @@ class Plan:
     max_restarts: int = 3
     resumed: bool = False
     root_certificates: str = ""  # the CA `flwr run` and local clients trust; "" = no TLS
+    node_keys: tuple[str, ...] = ()  # public keys to register before any SuperNode starts
 
     @property
     def client_gpus(self) -> dict[int, int | None]:

@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidSignature
 
 from fedcore.config import RunConfig
 from fedcore.errors import UsageError
+from launcher import nodeauth
 from launcher.certs import CertPaths, covers, server_names
 from launcher.placement import Placement, client_env
 from launcher.plan import (
@@ -122,6 +123,32 @@ def insecure_warning(address: Address, who: str) -> str:
             "--certificates instead")
 
 
+def authentication(node_keys: Path | None, tls: bool, partitions: range,
+                   tls_flag: str) -> tuple[Path | None, list[Path]]:
+    """For --node-keys: the keys' folder and the public keys to register (none without it).
+
+    Every partition started here must have its private key; Flower refuses SuperNode
+    authentication without TLS, so --node-keys without it is a usage error.
+    """
+    if node_keys is None:
+        return None, []
+    if not tls:
+        raise UsageError(f"--node-keys needs TLS: give {tls_flag} (Flower refuses SuperNode "
+                         "authentication over an unencrypted connection)")
+    folder = nodeauth.key_folder(node_keys)
+    for partition_id in partitions:
+        nodeauth.private_key(folder, partition_id)
+    registered = nodeauth.public_keys(folder) if tls_flag == "--certificates" else []
+    return folder, registered
+
+
+def signs_in(keys: Path | None, partition_id: int) -> tuple[str, ...]:
+    """The SuperNode flag that makes client `partition_id` sign in with its key."""
+    if keys is None:
+        return ()
+    return ("--auth-supernode-private-key", str(nodeauth.private_key_path(keys, partition_id)))
+
+
 def serve_plan(
     cfg: RunConfig,
     run_dir: Path,
@@ -133,6 +160,7 @@ def serve_plan(
     local_partitions: range = range(0),
     max_restarts: int = 3,
     executor: str = "warm",
+    node_keys: Path | None = None,
 ) -> Plan:
     """A SuperLink listening on `address` for cfg.clients nodes, clients for `local_partitions`
     here (placed by `placement`, one entry each), and the `flwr run` submitter.
@@ -172,6 +200,11 @@ def serve_plan(
                          "models unencrypted")
     ca = certs.ca_cert if certs else None
     tls = client_tls(ca, insecure=ca is None)
+    keys, registered = authentication(node_keys, ca is not None, local_partitions, "--certificates")
+    if keys is not None:
+        server_tls += ("--enable-supernode-auth",)
+        notes.append(f"SuperNode authentication: only the {len(registered)} node key(s) in "
+                     f"{keys} may join")
     server_gpu = placement.gpus[0] if placement.gpus else None
     specs = [ProcessSpec(
         name="superlink", role="superlink",
@@ -185,7 +218,7 @@ def serve_plan(
     for partition_id, gpu_id in zip(local_partitions, placement.client_gpu, strict=True):
         node_config = f"partition-id={partition_id} num-partitions={cfg.clients}"
         specs.append(client_spec(run_dir, partition_id, node_config, str(reach), tls, gpu_id,
-                                  placement, threads, executor))
+                                 placement, threads, executor, signs_in(keys, partition_id)))
     specs.append(ProcessSpec(
         name="server", role="submit",
         argv=(bin_path("flwr"), "run", str(run_dir / "app"), FEDERATION,
@@ -194,7 +227,8 @@ def serve_plan(
     ))
     placement = dataclasses.replace(placement, notes=tuple(notes), warnings=tuple(warnings))
     return Plan("federated", cfg, run_dir, placement, tuple(specs), str(reach), max_restarts,
-                root_certificates=str(ca) if ca else "")
+                root_certificates=str(ca) if ca else "",
+                node_keys=tuple(str(k) for k in registered))
 
 
 def join_plan(
@@ -210,6 +244,7 @@ def join_plan(
     max_restarts: int = 3,
     executor: str = "warm",
     connect_timeout: float | None = None,
+    node_keys: Path | None = None,
 ) -> Plan:
     """Clients for `partition_ids` of `num_partitions`, connected to the SuperLink at `address`.
 
@@ -228,6 +263,7 @@ def join_plan(
     if address.wildcard:
         raise UsageError(f"--join {address}: give the server's name or address, not a wildcard")
     tls = client_tls(root_ca, insecure)
+    keys, _ = authentication(node_keys, root_ca is not None, partition_ids, "--root-certificates")
     warnings = list(placement.warnings)
     if insecure and not address.loopback:
         warnings.append(insecure_warning(address, "clients connect to"))
@@ -238,7 +274,8 @@ def join_plan(
         client_spec(run_dir, partition_id,
                      f"partition-id={partition_id} num-partitions={num_partitions} "
                      f"progress-dir={progress}",
-                     str(address), tls, gpu_id, placement, threads, executor, extra)
+                     str(address), tls, gpu_id, placement, threads, executor,
+                     extra + signs_in(keys, partition_id))
         for partition_id, gpu_id in zip(partition_ids, placement.client_gpu, strict=True)
     )
     placement = dataclasses.replace(placement, warnings=tuple(warnings))

@@ -67,6 +67,46 @@ def record_node_id(path: str) -> None:
     state_class.set_node_id = set_and_record
 
 
+RESTART_PATIENCE = 75.0  # Flower marks a silent node offline after two missed 30 s heartbeats
+FIRST_PATIENCE = 30.0  # the serving fedlaunch registers node keys seconds after it starts
+
+
+def patient_sign_in(restarted: bool) -> None:
+    """Retry a refused sign-in (HTTP 412: the SuperLink does not admit this key now) for a while.
+
+    With SuperNode authentication the SuperLink admits a key once it is registered, which the
+    serving fedlaunch does seconds after its SuperLink starts, and a node's id belongs to its key:
+    a killed SuperNode's node stays online until its heartbeats are missed (up to 60 s), and the
+    SuperLink refuses to activate it twice meanwhile. So a client retries for FIRST_PATIENCE
+    seconds (a key never registered is refused after that) or, restarted, RESTART_PATIENCE.
+    """
+    import httpx  # noqa: PLC0415
+
+    patience = RESTART_PATIENCE if restarted else FIRST_PATIENCE
+    why = ("the SuperLink still holds this node's previous connection" if restarted else
+           "the SuperLink does not admit this node's key (yet): is its .pub among the serving "
+           "fedlaunch's --node-keys?")
+    client_class = flwr_internals.get("flwr.supernode.fleet_http_client", "FleetHttpClient")
+    activate = client_class.ActivateNode
+
+    def patient(self: Any, request: Any) -> Any:
+        deadline = time.monotonic() + patience
+        told = False
+        while True:
+            try:
+                return activate(self, request)
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 412 or time.monotonic() > deadline:
+                    raise
+                if not told:
+                    print(f"fedlaunch: {why}; retrying for up to {patience:.0f} s",
+                          file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(1)
+
+    client_class.ActivateNode = patient
+
+
 def main() -> None:
     module = sys.modules.get("flwr.supernode.start_client_internal")
     if module is None:
@@ -74,7 +114,10 @@ def main() -> None:
     flwr_internals.get("flwr.supernode.start_client_internal", "time")
     module.time = PromptTime()  # type: ignore[attr-defined]
     fast_object_pulls("flwr.supernode.start_client_internal")
-    if path := os.environ.get(NODE_ID_FILE):
+    path = os.environ.get(NODE_ID_FILE)
+    if "--auth-supernode-private-key" in sys.argv:
+        patient_sign_in(restarted=bool(path) and os.path.exists(path))
+    if path:
         record_node_id(path)
     flower_supernode = flwr_internals.get("flwr.supernode.cli.flower_supernode", "flower_supernode")
     sys.argv[0] = "flower-supernode"

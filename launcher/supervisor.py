@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -14,7 +13,9 @@ from pathlib import Path
 import psutil
 
 from fedcore.rundir import RunDir, summarize
+from launcher import nodeauth
 from launcher.bundle import make_app, write_flwr_config
+from launcher.departures import Departures
 from launcher.events import (
     ClientProgress,
     EventBus,
@@ -30,7 +31,7 @@ from launcher.events import (
 from launcher.follow import RunFollower
 from launcher.gpus import Nvml
 from launcher.hints import explain_failure
-from launcher.plan import Plan, node_id_file, run_config_toml
+from launcher.plan import FLWR_ENV, Plan, bin_path, run_config_toml
 from launcher.procs import ManagedProcess, stop_all
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
@@ -97,6 +98,7 @@ class Supervisor:
         self.follower = RunFollower(plan.run_dir, plan.client_gpus)
         self.processes: dict[str, ManagedProcess] = {}
         self.restarts: dict[str, int] = {}
+        self.departures = Departures(self.rundir)
         self._stop_reason: str | None = None
         self._wake = asyncio.Event()
         self._base_env = child_base_env()
@@ -117,9 +119,10 @@ class Supervisor:
     async def run(self) -> int:
         started = self.clock()
         plan = self.plan
+        joined = plan.mode == "join"  # the model, data and rounds are the serving side's
         self.bus.publish(RunStarted(
             run_name=plan.run_dir.name, mode=plan.mode,  # type: ignore[arg-type]
-            model=plan.cfg.model, dataset=plan.cfg.dataset,
+            model="" if joined else plan.cfg.model, dataset="" if joined else plan.cfg.dataset,
             partition=plan.cfg.partition if plan.mode == "federated" else "none",
             total=plan.cfg.epochs if plan.mode == "local" else plan.cfg.rounds,
             num_clients=plan.cfg.clients if plan.mode == "federated" else len(plan.client_gpus),
@@ -196,10 +199,26 @@ class Supervisor:
             return
         await self._start("superlink")
         await self._wait_superlink()
+        await self._register_node_keys()
         for spec in self.plan.processes:
             if spec.role == "supernode":
                 await self._start(spec.name)
         await self._start("server")
+
+    async def _register_node_keys(self) -> None:
+        """With SuperNode authentication, register every node key before a SuperNode starts."""
+        keys = list(self.plan.node_keys)
+        if not keys or self._stop_reason:
+            return
+        env = {**self._base_env, **FLWR_ENV, "FLWR_HOME": str(self.plan.run_dir / "flwr" / "submit")}
+        log = self.plan.run_dir / "logs" / "register.log"
+        failed = await nodeauth.register(bin_path("flwr"), keys, env, self.plan.run_dir, log)
+        if failed:
+            key, why = failed[0]
+            raise RunFailed("register", f"could not register the node key {key}: {why}",
+                            tuple(log.read_text().splitlines()[-12:]))
+        self.bus.publish(Notice("info", f"registered {len(keys)} node key(s); only those "
+                                "SuperNodes may join"))
 
     async def _wait_superlink(self, timeout: float = 60.0) -> None:
         """Wait until the SuperLink accepts connections; fail if it exits first."""
@@ -237,6 +256,7 @@ class Supervisor:
             outcome = await self._check_processes()
             if outcome is not None:
                 return outcome
+            self.departures.poll()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
@@ -315,7 +335,7 @@ class Supervisor:
             client=spec.client, log_tail=tuple(proc.tail)[-10:],
         ))
         if spec.client is not None:
-            self._note_departed(spec.client)
+            self.departures.died(spec.client)
             state = "restarting" if again else "failed"
             self.bus.publish(ClientProgress(client=spec.client, state=state, gpu=spec.gpu))
         if again:
@@ -332,22 +352,6 @@ class Supervisor:
                                 "will not be restarted"))
         if not alive:
             raise RunFailed(name, "exited and no client is left", tuple(proc.tail))
-
-    def _note_departed(self, client: int) -> None:
-        """Tell the ServerApp not to wait for the dead client's node: the id its SuperNode
-        recorded when it registered, and the one in its last progress file."""
-        ids: set[int] = set()
-        try:
-            ids.add(int(node_id_file(self.rundir.path, client).read_text()))
-        except (OSError, ValueError):
-            pass
-        try:
-            path = self.rundir.progress_dir / f"client-{client}.json"
-            ids.add(int(json.loads(path.read_text()).get("node_id", 0)))
-        except (OSError, ValueError, AttributeError):
-            pass
-        for node_id in sorted(ids - {0}):
-            self.rundir.add_departed_node(node_id)
 
     def _write_summary(self, reason: str, wall: float) -> dict[str, object]:
         self.rundir.create()

@@ -129,6 +129,24 @@ def taken_port(folder: Path) -> list[str]:
 
 HELD: list[Any] = []
 
+
+def node_keys_without_tls(folder: Path) -> list[str]:
+    from launcher.nodeauth import generate_node_keys
+
+    generate_node_keys(folder / "keys", 2)
+    return ["--serve", "127.0.0.1:9092", "--clients", "2", "--node-keys", "keys", "--dry-run"]
+
+
+def join_without_its_node_key(folder: Path) -> list[str]:
+    from launcher.certs import generate
+    from launcher.nodeauth import generate_node_keys
+
+    tls = generate(folder / "tls", [])
+    generate_node_keys(folder / "tls" / "nodes", 2)
+    (folder / "tls" / "nodes" / "node-1.key").unlink()
+    return ["--join", "127.0.0.1:9092", "--partition-ids", "1-1", "--num-partitions", "2",
+            "--root-certificates", str(tls.ca_cert), "--node-keys", "tls", "--dry-run"]
+
 CASES = [
     Case("unknown-flag", ("--bogus",), ("--bogus",)),
     Case("clients-not-a-number", ("--clients", "three"), ("--clients", "'three'")),
@@ -176,6 +194,11 @@ CASES = [
          a_file("results.csv"), out=False),
     Case("port-taken", SYN, ("--port", "in use"), taken_port),
     Case("port-out-of-range", (*SYN, "--port", "70000"), ("--port", "70000", "65535")),
+    Case("node-keys-alone", (*SYN, "--node-keys", "keys"), ("--node-keys", "--serve or --join")),
+    Case("node-keys-without-tls", SYN, ("--node-keys needs TLS", "--certificates"),
+         node_keys_without_tls),
+    Case("join-without-its-node-key", SYN, ("no node-1.key", "partition 1"),
+         join_without_its_node_key),
 ]
 
 

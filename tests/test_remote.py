@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from fedcore.config import RunConfig
@@ -34,6 +35,7 @@ from launcher.events import RunStarted
 from launcher.follow import RunFollower
 from launcher.gpus import GpuInfo
 from launcher.hints import explain_failure
+from launcher.nodeauth import generate_node_keys
 from launcher.placement import Placement
 from launcher.remote import (
     Address,
@@ -43,6 +45,7 @@ from launcher.remote import (
     serve_plan,
 )
 from launcher.tui.state import RunState
+from tests.runs import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = RunConfig(dataset="synthetic", model="cnn", limit_train=600, limit_test=200, clients=2,
@@ -240,6 +243,20 @@ def test_join_plan_starts_only_clients(tmp_path: Path, certs: CertPaths) -> None
     assert plan.processes[0].env["FLWR_HOME"] == str(tmp_path / "flwr" / "client-2")
 
 
+def test_serve_with_every_client_elsewhere_plans_only_the_server(tmp_path: Path) -> None:
+    """`fedlaunch --serve` without --partition-ids: no client here, the SuperLink with node
+    authentication and the run's submitter; the CLI, not just the plan function."""
+    tls = generate(tmp_path / "tls", [])
+    generate_node_keys(tls.dir / "nodes", 2)
+    result = run_cli(["--serve", "127.0.0.1:9092", "--certificates", "tls", "--node-keys", "tls",
+                      "--clients", "2", "--dataset", "synthetic", "--gpus", "cpu", "--dry-run"],
+                     tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "superlink" in result.stdout and "client-" not in result.stdout, result.stdout
+    assert "--enable-supernode-auth" in result.stdout
+    assert "only the 2 node key(s)" in result.stdout + result.stderr
+
+
 def test_join_clients_are_named_by_partition_id_on_screen(tmp_path: Path) -> None:
     """Partitions 5 and 6 joined on GPUs 1 and 0: the TUI rows, their GPUs and the progress the
     ClientApps write are all keyed by partition id, not by the order of the local slots."""
@@ -331,19 +348,20 @@ def run_role(role: str, spec: dict[str, Any]) -> int:
     from launcher.supervisor import Supervisor
 
     run_dir = Path(spec["run_dir"])
-    cfg = CFG.replace(clients=spec["clients"])
+    cfg = CFG.replace(clients=spec["clients"], rounds=spec.get("rounds", CFG.rounds))
+    keys = Path(spec["keys"]) if spec.get("keys") else None
     if role == "serve":
         cfg = cfg.replace(out_dir=str(run_dir))
         RunDir(run_dir).create().write_config({"mode": "federated", **cfg.to_json()})
         local = range(*spec.get("local", (0, 0)))
         plan = serve_plan(cfg, run_dir, cpu(len(local)), parse_address(spec["address"]),
                           Path(spec["certs"]) if spec.get("certs") else None, insecure=False,
-                          local_partitions=local)
+                          local_partitions=local, node_keys=keys)
     else:
         ids = range(*spec["ids"])
         plan = join_plan(cfg, run_dir, cpu(len(ids)), parse_address(spec["address"], "--join"),
                          ids, spec["clients"], Path(spec["ca"]) if spec.get("ca") else None,
-                         insecure=False, max_restarts=0, connect_timeout=60.0)
+                         insecure=False, max_restarts=0, connect_timeout=60.0, node_keys=keys)
 
     def report(event: object) -> None:
         if isinstance(event, (Notice, RunFinished)):
@@ -455,6 +473,85 @@ def test_serve_and_two_joins_over_tls_and_a_join_without_the_ca(tmp_path: Path) 
     assert "--root-certificates ca.crt" in (explain_failure(refused["log_tail"]) or "")
     assert refused_after < 90
     print(f"\nrefused after {refused_after:.1f} s; 2 rounds served after {served_after:.1f} s")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(420)
+def test_node_keys_admit_registered_nodes_only_and_a_restarted_one_signs_in_again(
+        tmp_path: Path) -> None:
+    """--node-keys: the SuperLink registers nodes/*.pub; local client 0 and a joined client 1
+    sign in with their keys and train; a join with a key that was never registered is refused;
+    local client 0, killed, signs in again under the same node id once the SuperLink lets go of
+    the dead one (up to 60 s), and trains again."""
+    tls = generate(tmp_path / "tls", [])
+    generate_node_keys(tls.dir / "nodes", 2)
+    joiner = tmp_path / "joiner-keys"  # what a user copies to the joining machine
+    joiner.mkdir()
+    shutil.copy(tls.dir / "nodes" / "node-1.key", joiner)
+    stranger_keys = tmp_path / "stranger-keys"
+    generate_node_keys(stranger_keys, 2)  # well-formed keys the SuperLink never saw
+    address = f"127.0.0.1:{free_port()}"
+    serve_dir = tmp_path / "serve"
+    departed = serve_dir / "departed-nodes.txt"
+    roles: list[Role] = []
+    try:
+        serve = Role("serve", {"run_dir": str(serve_dir), "clients": 2, "rounds": 2000,
+                               "address": address, "certs": str(tls.dir), "keys": str(tls.dir),
+                               "local": [0, 1]})
+        roles.append(serve)
+        join = Role("join", {"run_dir": str(tmp_path / "join"), "clients": 2, "ids": [1, 2],
+                             "address": address, "ca": str(tls.ca_cert), "keys": str(joiner)})
+        roles.append(join)
+        wait_for(lambda: replies(serve_dir)[:2] == [2, 2], 180, serve)
+        stranger = Role("join", {"run_dir": str(tmp_path / "stranger"), "clients": 2,
+                                 "ids": [1, 2], "address": address, "ca": str(tls.ca_cert),
+                                 "keys": str(stranger_keys)})
+        roles.append(stranger)
+        node_id = (serve_dir / "progress" / "client-0.node").read_text().strip()
+        client = next(p for p in psutil.Process(serve.proc.pid).children(recursive=True)
+                      if "launcher.executor" in " ".join(p.cmdline()))
+        client.kill()
+        killed = time.monotonic()
+        wait_for(lambda: departed.exists() and f"+{node_id}" in departed.read_text().split(),
+                 120, serve)
+        back_after = time.monotonic() - killed
+        back_at = len(replies(serve_dir))
+        wait_for(lambda: 2 in replies(serve_dir)[back_at:], 60, serve)
+        refused = stranger.finish(120)
+        served = serve.stop()
+        joined = join.stop()
+    finally:
+        for role in roles:
+            role.stop()
+
+    assert served is not None and served["exit_reason"] == "terminated", serve.out.read_text()[-3000:]
+    got = replies(serve_dir)
+    assert 1 in got[2:back_at], "rounds went on with the joined client while client 0 was away"
+    assert (serve_dir / "progress" / "client-0.node").read_text().strip() == node_id
+    assert departed.read_text().split() == [node_id, f"+{node_id}"]
+    assert back_after < 90, f"client 0 signed in again after {back_after:.0f} s"
+    register = (serve_dir / "logs" / "register.log").read_text()
+    assert register.count("registered successfully") == 2
+    assert joined is not None and joined["exit_reason"] == "terminated"
+    assert refused["exit_code"] == 1 and refused["failed_process"] == "client-1"
+    tail = "\n".join(refused["log_tail"])
+    assert "Failed to activate SuperNode" in tail and "does not admit this node's key" in tail
+    print(f"\nclient 0 back {back_after:.1f} s after its kill")
+
+
+def replies(run_dir: Path) -> list[int]:
+    """Replies per round so far."""
+    if not (run_dir / "metrics.jsonl").exists():
+        return []
+    return [r["replies"] for r in rounds_of(run_dir)]
+
+
+def wait_for(condition: Any, timeout: float, role: Role) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline or role.proc.poll() is not None:
+            pytest.fail(f"{role.name}: condition not met:\n{role.out.read_text()[-3000:]}")
+        time.sleep(0.2)
 
 
 # ---- the same across two network namespaces (root only) ---------------------------------------

@@ -1,7 +1,10 @@
-"""The prompt SuperNode: how long it waits between polls, and the node id it records."""
+"""A client's two processes: the prompt SuperNode (how long it waits between polls, the node id
+it records, its patient sign-in) and the warm executor (when it stops retrying)."""
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,47 @@ def test_the_node_id_flower_assigns_is_written_atomically(tmp_path: Path,
     state.set_node_id(42)  # a SuperNode that reconnects gets a new id
     assert path.read_text() == "42\n"
     assert [p.name for p in path.parent.iterdir()] == ["client-3.node"]
+
+
+def test_the_executor_stops_retrying_once_its_supernode_is_gone() -> None:
+    """Flower's runtime client retries an unreachable SuperNode forever; the executor's gives up
+    when told its SuperNode (or the launcher) is gone, so it can exit instead of hanging."""
+    import httpx
+
+    from launcher.executor import Executor
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    executor = Executor(f"127.0.0.1:{port}", lambda *_: None, worth_retrying=lambda: False)
+    started = time.monotonic()
+    with pytest.raises(httpx.ConnectError):
+        executor.acquire()
+    assert time.monotonic() - started < 5
+
+
+def test_a_refused_sign_in_is_retried_until_admitted(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """HTTP 412 (the key is not registered yet, or its dead node still holds it) is retried with
+    one line saying why; success ends the wait; other errors are not retried."""
+    import httpx
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+
+    answers: list[int] = [412, 412, 200]
+
+    def activate(self: object, request: object) -> str:
+        code = answers.pop(0)
+        if code != 200:
+            response = httpx.Response(code, request=httpx.Request("POST", "http://x"))
+            raise httpx.HTTPStatusError("refused", request=response.request, response=response)
+        return "activated"
+
+    monkeypatch.setattr(FleetHttpClient, "ActivateNode", activate)
+    monkeypatch.setattr(supernode.time, "sleep", lambda _: None)
+    supernode.patient_sign_in(restarted=False)
+    assert FleetHttpClient.ActivateNode(object(), None) == "activated"  # type: ignore[arg-type]
+    assert capsys.readouterr().err.count("does not admit this node's key") == 1
+
+    answers[:] = [500]
+    with pytest.raises(httpx.HTTPStatusError):
+        FleetHttpClient.ActivateNode(object(), None)  # type: ignore[arg-type]
