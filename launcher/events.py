@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ClientState = Literal[
-    "starting", "waiting", "training", "evaluating", "restarting", "failed", "stopped"
+    "starting", "connected", "waiting", "training", "evaluating", "restarting", "failed", "stopped"
 ]
 Mode = Literal["federated", "local"]
 
@@ -21,7 +21,7 @@ class RunStarted:
     model: str
     dataset: str
     partition: str
-    total: int  # rounds (federated) or epochs (local)
+    total: int  # rounds (federated) or epochs (local); 0 when unknown here (join)
     num_clients: int  # 1 trainer for a local run
     out_dir: str
     started_at: float  # time.time()
@@ -98,6 +98,7 @@ class RoundFinished:
     replies: int
     seconds: float
     best_accuracy: float
+    clients: tuple[int, ...] = ()  # partition ids that replied, on this machine or another
 
 
 @dataclass(frozen=True)

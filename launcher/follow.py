@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ class RunFollower:
         self.metrics_path = run_dir / METRICS
         self.progress_dir = run_dir / PROGRESS
         self.client_gpus = client_gpus or {}
+        self.since = time.time()
         self._offset = 0
         self._partial = b""
         self._seen: dict[str, tuple[int, int]] = {}
@@ -56,22 +58,34 @@ class RunFollower:
             entries = list(os.scandir(self.progress_dir))
         except FileNotFoundError:
             return events
+        # A SuperNode's node-id file (written when it signs in) before the ClientApp's progress.
+        entries.sort(key=lambda e: not e.name.endswith(".node"))
         for entry in entries:
-            if not entry.name.endswith(".json") or entry.name.startswith("."):
+            if not entry.name.endswith((".json", ".node")) or entry.name.startswith("."):
                 continue
             try:
                 stat = entry.stat()
                 stamp = (stat.st_mtime_ns, stat.st_size)
                 if self._seen.get(entry.name) == stamp:
                     continue
-                record = json.loads(Path(entry.path).read_text())
-            except (OSError, json.JSONDecodeError):
+                if entry.name.endswith(".node"):
+                    event = self._signed_in(entry.name, stat.st_mtime)
+                else:
+                    event = progress_event(json.loads(Path(entry.path).read_text()),
+                                           self.client_gpus)
+            except (OSError, ValueError):
                 continue
             self._seen[entry.name] = stamp
-            event = progress_event(record, self.client_gpus)
             if event is not None:
                 events.append(event)
         return events
+
+    def _signed_in(self, name: str, mtime: float) -> Event | None:
+        """Client N's SuperNode signed in to the SuperLink (client-N.node); it has no task yet."""
+        if mtime < self.since:  # a sign-in of an earlier launch of this run
+            return None
+        client = int(name.removeprefix("client-").removesuffix(".node"))
+        return ClientProgress(client=client, state="connected", gpu=self.client_gpus.get(client))
 
     def ended(self) -> dict[str, Any] | None:
         """The 'end' record the app wrote since this launch (a resumed run has older ones)."""
@@ -102,6 +116,7 @@ def metric_event(record: dict[str, Any]) -> Event | None:
                 replies=int(record.get("replies", 0)),
                 seconds=float(record.get("seconds", 0.0)),
                 best_accuracy=float(record.get("best_accuracy", record["accuracy"])),
+                clients=tuple(int(c) for c in record.get("clients", ())),
             )
     except (KeyError, TypeError, ValueError):
         return None

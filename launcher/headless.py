@@ -8,6 +8,7 @@ import time
 from typing import TextIO
 
 from launcher.events import (
+    ClientProgress,
     Event,
     LogLine,
     Notice,
@@ -35,6 +36,8 @@ class HeadlessPrinter:
         self.width = 10
         self.started = time.time()
         self.unit = "round"
+        self.joined = False  # a --join: only its clients' progress is seen here
+        self.client_round = 0  # the latest round a client here trained (for a join)
         self._colours: dict[str, str] = {}
 
     def __call__(self, event: Event) -> None:
@@ -44,11 +47,14 @@ class HeadlessPrinter:
         elif isinstance(event, RunStarted):
             self.started = event.started_at
             self.unit = "epoch" if event.mode == "local" else "round"
+            self.joined = event.mode == "join"
             what = (f"{event.model} on {event.dataset}, {event.total} {self.unit}s"
                     if event.model else "client(s) " + ", ".join(map(str, event.client_gpus))
                     + " (model, data and rounds set by the server)")
             self._write(self._bold(f"fedlaunch: {event.mode} run '{event.run_name}': {what} "
                                    f"-> {event.out_dir}"))
+        elif isinstance(event, ClientProgress):
+            self.client_round = max(self.client_round, event.round)
         elif isinstance(event, RoundFinished):
             train = f"  train loss {event.train_loss:.4f}" if event.train_loss is not None else ""
             replies = f"  replies {event.replies}" if self.unit == "round" else ""
@@ -77,6 +83,8 @@ class HeadlessPrinter:
         final, best = s.get("final_accuracy"), s.get("best_accuracy")
         accuracy = (f"final accuracy {final:.4f}, best {best:.4f}" if final is not None
                     else "no round completed")
+        if self.joined:  # the serving side has the metrics
+            done, accuracy = self.client_round, "the serving side has the accuracy"
         self._write(self._bold(
             f"fedlaunch: {event.exit_reason} after {done} {self.unit}s in "
             f"{s.get('wall_seconds', 0):.1f}s; {accuracy}; exit {event.exit_code}"))

@@ -124,7 +124,7 @@ class Supervisor:
             run_name=plan.run_dir.name, mode=plan.mode,  # type: ignore[arg-type]
             model="" if joined else plan.cfg.model, dataset="" if joined else plan.cfg.dataset,
             partition=plan.cfg.partition if plan.mode == "federated" else "none",
-            total=plan.cfg.epochs if plan.mode == "local" else plan.cfg.rounds,
+            total=plan.cfg.epochs if plan.mode == "local" else 0 if joined else plan.cfg.rounds,
             num_clients=plan.cfg.clients if plan.mode == "federated" else len(plan.client_gpus),
             out_dir=str(plan.run_dir), started_at=started, client_gpus=plan.client_gpus,
         ))

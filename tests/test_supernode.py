@@ -105,3 +105,26 @@ def test_a_refused_sign_in_is_retried_until_admitted(monkeypatch: pytest.MonkeyP
     answers[:] = [500]
     with pytest.raises(httpx.HTTPStatusError):
         FleetHttpClient.ActivateNode(object(), None)  # type: ignore[arg-type]
+
+
+def test_the_launcher_shows_a_client_connected_when_its_supernode_signs_in(tmp_path: Path) -> None:
+    """client-N.node written at sign-in -> `connected` (before that client's first progress);
+    a file left by an earlier launch of the run (--resume) says nothing."""
+    import json
+    import os
+
+    from launcher.follow import RunFollower
+
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    (progress / "client-0.node").write_text("5\n")
+    os.utime(progress / "client-0.node", (1, 1))  # from the run's previous launch
+    follower = RunFollower(tmp_path, {0: None, 1: 3})
+    assert follower.poll() == []
+
+    (progress / "client-1.json").write_text(json.dumps(
+        {"client": 1, "state": "training", "round": 1, "batch": 2, "batches": 5}))
+    (progress / "client-1.node").write_text("7\n")
+    events = follower.poll()
+    assert [(e.client, e.state, e.gpu) for e in events] == [(1, "connected", 3), (1, "training", 3)]
+    assert follower.poll() == []

@@ -150,6 +150,46 @@ async def test_progress_and_clients_table_show_published_values() -> None:
         assert cell(table, 1, "state").plain.strip() == "evaluating"
 
 
+async def test_serving_side_shows_remote_clients_by_their_replies() -> None:
+    """--serve with client 0 here and 1, 2 joined from elsewhere: every client that replied gets
+    a row, the remote ones marked so; a local client that signed in shows `connected`."""
+    events: list[Event] = [
+        RunStarted("serve", "federated", "cnn", "cifar10", "iid", 10, 3, "/runs/serve",
+                   NOW - 30.0, {0: 0}),
+        ProcessStarted("client-0", 110, "supernode", 0, 0),
+        ClientProgress(0, "connected", gpu=0),
+        RoundStarted(1, 10),
+        RoundFinished(1, 10, 0.3, 2.0, 2.1, 3, 5.0, 0.3, clients=(0, 1, 2)),
+    ]
+    script = Script(events)
+    async with script.app().run_test(size=(120, 40)) as pilot:
+        await settle(pilot, script)
+        table = pilot.app.query_one(ClientsTable)
+        assert table.row_count == 3
+        assert [cell(table, c, "gpu").plain.strip() for c in (0, 1, 2)] == ["0", "remote", "remote"]
+        assert [cell(table, c, "state").plain.strip() for c in (0, 1, 2)] == [
+            "connected", "replied", "replied"]
+        assert cell(table, 2, "round").plain.strip() == "1"
+
+
+async def test_a_join_shows_the_round_its_clients_are_in() -> None:
+    """--join sees no server metrics: the round is the one its clients train, of an unknown
+    total, and the bar shows how far they are into it."""
+    events: list[Event] = [
+        RunStarted("jn", "join", "", "", "iid", 0, 2, "/runs/jn", NOW - 30.0, {1: None, 2: None}),
+        ClientProgress(1, "training", round=3, epoch=1, epochs=1, batch=2, batches=4),
+        ClientProgress(2, "waiting", round=3, epoch=1, epochs=1, batch=4, batches=4),
+    ]
+    script = Script(events)
+    async with script.app().run_test(size=(120, 40)) as pilot:
+        await settle(pilot, script)
+        label = pilot.app.query_one("#round-label", Label)
+        bar = pilot.app.query_one("#round-bar", ProgressBar)
+        assert str(label.render()) == "round 3/?"
+        assert bar.total == 1 and bar.progress is not None and 0.4 < bar.progress < 1.0
+        assert pilot.app.query_one(ClientsTable).row_count == 2
+
+
 async def test_failed_client_row_is_red_and_f_shows_its_tail() -> None:
     script = Script(federated_events())
     async with script.app().run_test(size=(120, 40)) as pilot:
@@ -318,3 +358,23 @@ def test_snapshot_160x48(snap_compare) -> None:  # type: ignore[no-untyped-def]
         await settle(pilot, script)
 
     assert snap_compare(script.app(), terminal_size=(160, 48), run_before=ready)
+
+
+def test_headless_join_says_what_its_clients_did() -> None:
+    """A join prints which clients it runs, and at the end how far they trained: the model,
+    rounds and accuracy are the serving side's."""
+    import io
+
+    from launcher.headless import HeadlessPrinter
+
+    out = io.StringIO()
+    printer = HeadlessPrinter(out, colour=False)
+    printer(RunStarted("jn", "join", "", "", "iid", 0, 2, "/runs/jn", NOW, {4: None, 5: None}))
+    printer(ClientProgress(4, "training", round=2))
+    printer(ClientProgress(5, "waiting", round=3))
+    printer(RunFinished("interrupted", 130, {"wall_seconds": 12.0}))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ("fedlaunch: join run 'jn': client(s) 4, 5 (model, data and rounds set "
+                        "by the server) -> /runs/jn")
+    assert lines[-1] == ("fedlaunch: interrupted after 3 rounds in 12.0s; the serving side has "
+                         "the accuracy; exit 130")

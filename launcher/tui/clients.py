@@ -25,7 +25,9 @@ STATE_STYLE = {
     "training": "green",
     "evaluating": "cyan",
     "waiting": "dim",
+    "replied": "dim",
     "starting": "dim",
+    "connected": "",
     "stopped": "dim",
     "restarting": "bold yellow",
     "failed": "bold red",
@@ -36,7 +38,8 @@ FAILED_STYLE = "bold red"
 def cell_values(row: ClientRow, state: RunState) -> dict[str, str]:
     """The text of each column for one client, as the user reads it."""
     local = state.run is not None and state.run.mode == "local"
-    gpu = ("cpu" if row.gpu is None else str(row.gpu)) if row.gpu_known else "-"
+    gpu = "remote" if row.remote else (
+        ("cpu" if row.gpu is None else str(row.gpu)) if row.gpu_known else "-")
     return {
         "client": "local" if local else str(row.client),
         "gpu": gpu,

@@ -23,5 +23,9 @@ class RoundProgress(Horizontal):
             label.update(f"{state.unit} -/-")
             return
         shown = max(state.current_round, state.completed)
+        if not state.total:  # a join: the server decides how many rounds; show this one's progress
+            label.update(f"{state.unit} {shown or '-'}/?")
+            bar.update(total=1, progress=state.progress() - state.completed)
+            return
         label.update(f"{state.unit} {shown}/{state.total}")
         bar.update(total=max(state.total, 1), progress=state.progress())

@@ -35,6 +35,7 @@ class ClientRow:
     client: int
     gpu: int | None = None
     gpu_known: bool = False
+    remote: bool = False  # joined from another machine: known only by its replies
     state: str = "starting"
     round: int = 0
     epoch: int = 0
@@ -212,6 +213,8 @@ class RunState:
         if event.gpu is not None:
             row.gpu, row.gpu_known = event.gpu, True
         row.error = event.error
+        if self.run is not None and self.run.mode == "join":  # no server metrics here
+            self.current_round = max(self.current_round, event.round)
         if event.round == self.current_round:
             self.dirty.add("progress")
 
@@ -224,6 +227,11 @@ class RunState:
         self.rounds = [r for r in self.rounds if r.round < event.round] + [event]
         self.current_round = max(self.current_round, event.round)
         self.dirty |= {"progress", "header", "metrics"}
+        here = self.run.client_gpus if self.run is not None else {}
+        for client in event.clients:  # a client on another machine is seen by its replies
+            if client not in here and self.run is not None and self.run.mode == "federated":
+                row = self._row(client)
+                row.remote, row.state, row.round = True, "replied", event.round
 
     def _on_GpuStats(self, event: GpuStats) -> None:
         self.cpu_mode = event.cpu_mode

@@ -28,14 +28,18 @@ def summary_text(state: RunState, tail_lines: int = TAIL_LINES) -> Text:
     final = s.get("final_accuracy", state.rounds[-1].accuracy if state.rounds else None)
     best = s.get("best_accuracy", state.best_accuracy)
     text.append(f"{finished.exit_reason}", REASON_STYLE.get(finished.exit_reason, "bold red"))
-    text.append(f" after {done} {unit}s in {clock_text(state.elapsed())}")
-    if final is not None:
-        text.append("  final accuracy ")
-        text.append(f"{final:.4f}", "bold")
-        text.append("  best ")
-        text.append(f"{best:.4f}" if best is not None else "-", "bold")
+    if state.run is not None and state.run.mode == "join":  # the serving side has the metrics
+        text.append(f" after {clock_text(state.elapsed())}; the clients here trained up to "
+                    f"{unit} {state.current_round or '-'}")
     else:
-        text.append(f"  no {unit} completed")
+        text.append(f" after {done} {unit}s in {clock_text(state.elapsed())}")
+        if final is not None:
+            text.append("  final accuracy ")
+            text.append(f"{final:.4f}", "bold")
+            text.append("  best ")
+            text.append(f"{best:.4f}" if best is not None else "-", "bold")
+        else:
+            text.append(f"  no {unit} completed")
     text.append(f"  exit {finished.exit_code}")
     failure = state.failure
     if failure is not None:
