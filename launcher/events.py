@@ -46,7 +46,7 @@ class ProcessExited:
     name: str
     returncode: int | None
     expected: bool
-    restarts: int = 0
+    restarts: int = 0  # restarts it had before this exit
     will_restart: bool = False
     client: int | None = None
     log_tail: tuple[str, ...] = ()

@@ -190,6 +190,18 @@ async def test_a_join_shows_the_round_its_clients_are_in() -> None:
         assert pilot.app.query_one(ClientsTable).row_count == 2
 
 
+async def test_a_restart_counts_at_once() -> None:
+    """client-1 dies and is restarted: the row says restarting, and its restarts column 1."""
+    events = [*started(), ProcessExited("client-1", -9, expected=False, restarts=0,
+                                        will_restart=True, client=1)]
+    script = Script(events)
+    async with script.app().run_test(size=(120, 40)) as pilot:
+        await settle(pilot, script)
+        table = pilot.app.query_one(ClientsTable)
+        assert cell(table, 1, "state").plain.strip() == "restarting"
+        assert cell(table, 1, "restarts").plain.strip() == "1"
+
+
 async def test_failed_client_row_is_red_and_f_shows_its_tail() -> None:
     script = Script(federated_events())
     async with script.app().run_test(size=(120, 40)) as pilot:

@@ -193,7 +193,7 @@ class RunState:
         if client is None:
             return
         row = self._row(client)
-        row.restarts = max(row.restarts, event.restarts)
+        row.restarts = max(row.restarts, event.restarts + event.will_restart)  # counting this one
         if event.will_restart:
             row.state = "restarting"
         elif not event.expected:
