@@ -116,7 +116,7 @@ def train(msg: Message, context: Context) -> Message:
     epochs = int(config.get("local-epochs", cfg.local_epochs))
     progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")),
                             context.node_id)
-    progress.write("starting", round=server_round)
+    progress.write("training", round=server_round, epochs=epochs)  # loading the round's model
     state = client_state(cfg, partition_id, num_partitions)
     load_record(state.model, msg.content["arrays"])
     optimizer = make_optimizer(state.model, cfg, float(config.get("lr", cfg.lr)))
