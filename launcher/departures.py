@@ -17,6 +17,9 @@ from launcher.plan import node_id_file
 
 
 class Departures:
+    """The departed-nodes file's writer: `died(client)` when a client process dies, `poll()` in
+    the supervisor's loop to notice it signing in again."""
+
     def __init__(self, rundir: RunDir) -> None:
         self.rundir = rundir
         self.waiting: dict[int, tuple[set[int], float]] = {}  # client: its node ids, death time

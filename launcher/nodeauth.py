@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedcore.errors import UsageError
-from launcher.plan import FEDERATION
 from launcher.procs import ANSI
 
 NODES = "nodes"  # the keys' folder inside a `fedlaunch certs` folder
@@ -108,13 +107,13 @@ def private_key(folder: Path, partition_id: int) -> Path:
     return path
 
 
-async def register(flwr: str, keys: list[str], env: dict[str, str], cwd: Path,
+async def register(flwr: str, federation: str, keys: list[str], env: dict[str, str], cwd: Path,
                    log: Path, timeout: float = 60.0) -> list[tuple[str, str]]:
-    """Run `flwr supernode register KEY fedlaunch` for every key at once, each in its own
+    """Run `flwr supernode register KEY FEDERATION` for every key at once, each in its own
     process group, their output appended to `log`; return (key, reason) for each that failed."""
     async def one(key: str) -> tuple[str, int | None, str]:
         proc = await asyncio.create_subprocess_exec(
-            flwr, "supernode", "register", key, FEDERATION, env=env, cwd=cwd,
+            flwr, "supernode", "register", key, federation, env=env, cwd=cwd,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True)
         try:
@@ -129,7 +128,7 @@ async def register(flwr: str, keys: list[str], env: dict[str, str], cwd: Path,
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as fh:
         for key, code, text in results:
-            fh.write(f"$ flwr supernode register {key} {FEDERATION}  (exit {code})\n{text}\n")
+            fh.write(f"$ flwr supernode register {key} {federation}  (exit {code})\n{text}\n")
     return [(key, reason(text)) for key, code, text in results if code != 0]
 
 

@@ -31,7 +31,7 @@ from launcher.events import (
 from launcher.follow import RunFollower
 from launcher.gpus import Nvml
 from launcher.hints import explain_failure
-from launcher.plan import FLWR_ENV, Plan, bin_path, run_config_toml
+from launcher.plan import FEDERATION, FLWR_ENV, Plan, bin_path, run_config_toml
 from launcher.procs import ManagedProcess, stop_all
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
@@ -212,7 +212,8 @@ class Supervisor:
             return
         env = {**self._base_env, **FLWR_ENV, "FLWR_HOME": str(self.plan.run_dir / "flwr" / "submit")}
         log = self.plan.run_dir / "logs" / "register.log"
-        failed = await nodeauth.register(bin_path("flwr"), keys, env, self.plan.run_dir, log)
+        failed = await nodeauth.register(bin_path("flwr"), FEDERATION, keys, env,
+                                         self.plan.run_dir, log)
         if failed:
             key, why = failed[0]
             raise RunFailed("register", f"could not register the node key {key}: {why}",

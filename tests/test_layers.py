@@ -36,3 +36,13 @@ def test_launcher_outside_tui_never_imports_textual(path: Path) -> None:
     assert "textual" not in imports
     if path.name != "runner.py":  # the one place that starts the view, lazily, when asked to
         assert "launcher.tui" not in path.read_text()
+
+
+def test_fedlaunch_certs_starts_without_torch() -> None:
+    """`fedlaunch certs` makes keys and certificates: it must not pay torch's import (seconds)."""
+    import subprocess
+    import sys
+
+    code = "import sys, launcher.certs, launcher.nodeauth; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
