@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fedcore import catalog
 from fedcore.errors import UsageError
 
 NUM_CLASSES = 10
@@ -30,9 +31,7 @@ def build_model(name: str) -> nn.Module:
 
 
 def check_model(name: str) -> str:
-    if name not in MODELS:
-        raise UsageError(f"unknown --model '{name}': use one of {', '.join(sorted(MODELS))}")
-    return name
+    return catalog.check_model(name)
 
 
 class TutorialCNN(nn.Module):

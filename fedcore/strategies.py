@@ -4,22 +4,9 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from fedcore.errors import UsageError
+from fedcore.catalog import STRATEGY_HELP, check_strategy
 
-STRATEGY_HELP = "use fedavg, fedprox:MU (MU >= 0) or fedadam"
-
-
-def check_strategy(spec: str) -> str:
-    name, _, arg = spec.partition(":")
-    if name in ("fedavg", "fedadam") and not arg:
-        return spec
-    if name == "fedprox":
-        try:
-            if 0 <= float(arg) < float("inf"):
-                return spec
-        except ValueError:
-            pass
-    raise UsageError(f"bad --strategy '{spec}': {STRATEGY_HELP}")
+__all__ = ["STRATEGY_HELP", "check_strategy", "make_strategy"]
 
 
 def make_strategy(spec: str, fraction_train: float) -> FedAvg:

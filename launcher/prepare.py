@@ -10,10 +10,9 @@ from pathlib import Path
 from fedcore.config import RunConfig
 from fedcore.data import DATASETS, SYNTHETIC_TRAIN
 from fedcore.errors import UsageError
-from fedcore.models import check_model
+from fedcore.catalog import check_model, check_strategy
 from fedcore.partition import parse_partition, partition_indices
 from fedcore.rundir import RunDir
-from fedcore.strategies import check_strategy
 from fedcore.task import load_split
 from launcher.gpus import Nvml
 from launcher.placement import Placement, parse_gpus, plan_placement
