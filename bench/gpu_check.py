@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launcher.gpus import GpuInfo, Nvml  # noqa: E402
-from launcher.placement import client_env  # noqa: E402
+from launcher.planning.gpus import GpuInfo, Nvml  # noqa: E402
+from launcher.planning.placement import client_env  # noqa: E402
 
 # Each child: report which GPU CUDA gave it, then multiply matrices until told to stop.
 CHILD = r"""

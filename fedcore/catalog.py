@@ -1,4 +1,4 @@
-"""The names a user may give (models, strategies) as plain data: the launcher checks them without torch or flwr."""
+"""Model and strategy names as plain data: the launcher checks them without torch or flwr."""
 
 from __future__ import annotations
 

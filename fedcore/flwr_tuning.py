@@ -11,7 +11,7 @@ import functools
 import importlib
 
 FAST_PULL = {"initial_backoff": 0.02, "backoff_cap": 0.2}
-# Modules whose `pull_objects` name is rebound; listed in launcher/flwr_internals.py too.
+# Modules whose `pull_objects` name is rebound; listed in launcher/shim/flwr_internals.py too.
 PULL_USERS = ("flwr.superlink.grid.http_grid", "flwr.supernode.start_client_internal")
 
 

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from fedcore.config import OPTIMIZERS, PRECISIONS, SCHEDULES, RunConfig, from_mapping, validate
 from fedcore.errors import UsageError
-from launcher.profiles import LAUNCHER_KEYS, describe_profiles, load_profile
+from launcher.planning.profiles import LAUNCHER_KEYS, describe_profiles, load_profile
 
 EXAMPLES = """\
 examples:
@@ -196,7 +196,7 @@ def partition_range(text: str | None, flag: str = "--partition-ids") -> range | 
 def network_plan(args: argparse.Namespace, cfg: RunConfig, run_dir: Path,
                  opts: dict[str, Any]) -> tuple[int | None, Any]:
     """For --serve/--join: how many clients run here and the function that builds their plan."""
-    from launcher import remote
+    from launcher.network import remote
 
     ids = partition_range(args.partition_ids)
     certs = Path(args.certificates).expanduser().resolve() if args.certificates else None
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if args_list[:1] == ["report"]:
             return report_main(args_list[1:])
         if args_list[:1] == ["certs"]:
-            from launcher.certs import certs_main
+            from launcher.network.certs import certs_main
 
             return certs_main(args_list[1:])
         return launch(args_list)
@@ -320,7 +320,7 @@ def launch(argv: list[str]) -> int:
     else:
         cfg, opts = resolve_config(args)
         run_dir = run_folder(args.out)
-    from launcher.prepare import make_plan
+    from launcher.planning.prepare import make_plan
 
     local_clients, remote = network_plan(args, cfg, run_dir, opts)
     plan = make_plan(cfg, run_dir, local=opts["local"], gpus=opts["gpus"],
@@ -332,7 +332,7 @@ def launch(argv: list[str]) -> int:
         print(plan.describe())
         return 0
     headless = args.headless or not sys.stdout.isatty()
-    from launcher.runner import run_headless, run_tui
+    from launcher.supervision.runner import run_headless, run_tui
 
     if headless:
         return asyncio.run(run_headless(plan))

@@ -86,9 +86,9 @@ def role_of(proc: psutil.Process) -> str | None:
     if "fedcore.local" in argv:
         return "local"
     if partition is not None:
-        if "launcher.executor" in argv:
+        if "launcher.shim.executor" in argv:
             return f"client-{partition.group(1)}"
-        if "flower-supernode" in names or "launcher.supernode" in argv:
+        if "flower-supernode" in names or "launcher.shim.supernode" in argv:
             return f"supernode-{partition.group(1)}"
     return None
 

@@ -131,15 +131,15 @@ HELD: list[Any] = []
 
 
 def node_keys_without_tls(folder: Path) -> list[str]:
-    from launcher.nodeauth import generate_node_keys
+    from launcher.network.nodeauth import generate_node_keys
 
     generate_node_keys(folder / "keys", 2)
     return ["--serve", "127.0.0.1:9092", "--clients", "2", "--node-keys", "keys", "--dry-run"]
 
 
 def join_without_its_node_key(folder: Path) -> list[str]:
-    from launcher.certs import generate
-    from launcher.nodeauth import generate_node_keys
+    from launcher.network.certs import generate
+    from launcher.network.nodeauth import generate_node_keys
 
     tls = generate(folder / "tls", [])
     generate_node_keys(folder / "tls" / "nodes", 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from launcher import flwr_internals
+from launcher.shim import flwr_internals
 
 
 def test_every_flwr_internal_the_warm_executor_uses_exists() -> None:
@@ -12,7 +12,7 @@ def test_every_flwr_internal_the_warm_executor_uses_exists() -> None:
 
     gone = flwr_internals.missing()
 
-    assert gone == [], f"flwr {version} moved: {', '.join(gone)}; update launcher/flwr_internals.py"
+    assert gone == [], f"flwr {version} moved: {', '.join(gone)}; update launcher/shim/flwr_internals.py"
 
 
 def test_get_refuses_names_not_listed() -> None:

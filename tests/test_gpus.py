@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from launcher.events import GpuSample
-from launcher.gpus import GpuInfo, Nvml
+from launcher.planning.gpus import GpuInfo, Nvml
 from tests.fake_nvml import GB, FakeGpu, FakeNvml, NVMLError, fleet
 
 

@@ -43,6 +43,6 @@ def test_fedlaunch_certs_starts_without_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, launcher.certs, launcher.nodeauth; print('torch' in sys.modules)"
+    code = "import sys, launcher.network.certs, launcher.network.nodeauth; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -14,10 +14,10 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from fedcore.rundir import DEPARTED, RunDir
 from fedcore.server_app import departed_nodes
-from launcher.certs import certs_main, generate
-from launcher.nodeauth import generate_node_keys, key_folder, private_key, public_keys
-from launcher.placement import Placement
-from launcher.remote import Address, join_plan, serve_plan
+from launcher.network.certs import certs_main, generate
+from launcher.network.nodeauth import generate_node_keys, key_folder, private_key, public_keys
+from launcher.network.remote import Address, join_plan, serve_plan
+from launcher.planning.placement import Placement
 
 CFG = RunConfig(dataset="synthetic", model="cnn", clients=2, rounds=2)
 
@@ -107,8 +107,8 @@ def test_departures_mark_back_only_a_node_id_signed_in_again(tmp_path: Path) -> 
     import os
     import time
 
-    from launcher.departures import Departures
-    from launcher.plan import node_id_file
+    from launcher.planning.plan import node_id_file
+    from launcher.supervision.departures import Departures
 
     run = RunDir(tmp_path).create()
     run.progress_dir.mkdir()

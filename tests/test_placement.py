@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fedcore.errors import UsageError
-from launcher.gpus import GpuInfo, Nvml
-from launcher.placement import GpuRequest, Placement, client_env, parse_gpus, plan_placement
+from launcher.planning.gpus import GpuInfo, Nvml
+from launcher.planning.placement import GpuRequest, Placement, client_env, parse_gpus, plan_placement
 from tests.fake_nvml import GB, FakeGpu, FakeNvml, fleet
 
 

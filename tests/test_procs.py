@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from launcher.procs import ManagedProcess, ProcessSpec, stop_all
+from launcher.supervision.procs import ManagedProcess, ProcessSpec, stop_all
 
 SPEW = r"""
 import sys

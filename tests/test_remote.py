@@ -29,21 +29,21 @@ import pytest
 
 from fedcore.config import RunConfig
 from fedcore.errors import UsageError
-from launcher.bundle import write_flwr_config
-from launcher.certs import CertPaths, certs_main, generate, server_names
 from launcher.events import RunStarted
-from launcher.follow import RunFollower
-from launcher.gpus import GpuInfo
-from launcher.hints import explain_failure
-from launcher.nodeauth import generate_node_keys
-from launcher.placement import Placement
-from launcher.remote import (
+from launcher.network.certs import CertPaths, certs_main, generate, server_names
+from launcher.network.nodeauth import generate_node_keys
+from launcher.network.remote import (
     Address,
     join_plan,
     parse_address,
     root_ca,
     serve_plan,
 )
+from launcher.planning.bundle import write_flwr_config
+from launcher.planning.gpus import GpuInfo
+from launcher.planning.placement import Placement
+from launcher.supervision.follow import RunFollower
+from launcher.supervision.hints import explain_failure
 from launcher.tui.state import RunState
 from tests.runs import run_cli
 
@@ -345,7 +345,7 @@ def run_role(role: str, spec: dict[str, Any]) -> int:
     """Build the role's plan here (its ports are this machine's) and supervise it to the end."""
     from fedcore.rundir import RunDir
     from launcher.events import EventBus, Notice, RunFinished
-    from launcher.supervisor import Supervisor
+    from launcher.supervision.supervisor import Supervisor
 
     run_dir = Path(spec["run_dir"])
     cfg = CFG.replace(clients=spec["clients"], rounds=spec.get("rounds", CFG.rounds))
@@ -509,7 +509,7 @@ def test_node_keys_admit_registered_nodes_only_and_a_restarted_one_signs_in_agai
         roles.append(stranger)
         node_id = (serve_dir / "progress" / "client-0.node").read_text().strip()
         client = next(p for p in psutil.Process(serve.proc.pid).children(recursive=True)
-                      if "launcher.executor" in " ".join(p.cmdline()))
+                      if "launcher.shim.executor" in " ".join(p.cmdline()))
         client.kill()
         killed = time.monotonic()
         wait_for(lambda: departed.exists() and f"+{node_id}" in departed.read_text().split(),

@@ -11,8 +11,8 @@ import torch
 
 from fedcore.config import RunConfig
 from fedcore.rundir import RunDir
-from launcher.placement import Placement
-from launcher.plan import federated_plan
+from launcher.planning.placement import Placement
+from launcher.planning.plan import federated_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for d in ("fedcore", "launcher", "bench") for p in (ROOT / d).rglob("*.py"))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import supernode
-from launcher.supernode import FIRST_IDLE_WAIT, IDLE_WAIT, SHORT_WAIT, PromptTime
+from launcher.shim import supernode
+from launcher.shim.supernode import FIRST_IDLE_WAIT, IDLE_WAIT, SHORT_WAIT, PromptTime
 
 
 class Clock:
@@ -68,7 +68,7 @@ def test_the_executor_stops_retrying_once_its_supernode_is_gone() -> None:
     when told its SuperNode (or the launcher) is gone, so it can exit instead of hanging."""
     import httpx
 
-    from launcher.executor import Executor
+    from launcher.shim.executor import Executor
 
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -113,7 +113,7 @@ def test_the_launcher_shows_a_client_connected_when_its_supernode_signs_in(tmp_p
     import json
     import os
 
-    from launcher.follow import RunFollower
+    from launcher.supervision.follow import RunFollower
 
     progress = tmp_path / "progress"
     progress.mkdir()

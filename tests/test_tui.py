@@ -377,7 +377,7 @@ def test_headless_join_says_what_its_clients_did() -> None:
     rounds and accuracy are the serving side's."""
     import io
 
-    from launcher.headless import HeadlessPrinter
+    from launcher.supervision.headless import HeadlessPrinter
 
     out = io.StringIO()
     printer = HeadlessPrinter(out, colour=False)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedcore.errors import UsageError
-from launcher.nodeauth import NODES, generate_node_keys, write_file
+from launcher.network.nodeauth import NODES, generate_node_keys, write_file
 
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY = "ca.crt", "ca.key", "server.pem", "server.key"
 ALWAYS = ("127.0.0.1", "localhost")  # the SuperLink's own ServerApp and `flwr run` connect here

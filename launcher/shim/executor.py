@@ -1,6 +1,6 @@
 """The warm client: a SuperNode plus one long-lived process that runs each ClientApp task in-process.
 
-`python -m launcher.executor --superlink HOST:PORT --node-config "..." --runtime-port P` starts
+`python -m launcher.shim.executor --superlink HOST:PORT --node-config "..." --runtime-port P` starts
 `flower-supernode --isolation process` as its child and takes the SuperExec's place: it claims
 each task from the SuperNode's runtime API and calls the ClientApp in this process, so torch,
 CUDA, the model and the device-resident data stay loaded between rounds.
@@ -20,7 +20,7 @@ from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
-from launcher import flwr_internals as fi
+from launcher.shim import flwr_internals as fi
 
 POLL = 0.05
 STARTUP_GRACE = 60.0
@@ -142,7 +142,7 @@ def die_with_parent() -> None:
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m launcher.executor")
+    parser = argparse.ArgumentParser(prog="python -m launcher.shim.executor")
     parser.add_argument("--superlink", required=True)
     parser.add_argument("--node-config", required=True)
     parser.add_argument("--runtime-port", type=int, required=True)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args, supernode_extra = parse_args(argv)
     address = f"127.0.0.1:{args.runtime_port}"
     supernode = subprocess.Popen([
-        sys.executable, "-m", "launcher.supernode", "--superlink", args.superlink,
+        sys.executable, "-m", "launcher.shim.supernode", "--superlink", args.superlink,
         "--node-config", args.node_config, "--isolation", "process",
         "--host", "127.0.0.1", "--port", str(args.runtime_port), *supernode_extra,
     ], preexec_fn=die_with_parent)

@@ -7,16 +7,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from fedcore.catalog import check_model, check_strategy
 from fedcore.config import RunConfig
 from fedcore.data import DATASETS, SYNTHETIC_TRAIN
 from fedcore.errors import UsageError
-from fedcore.catalog import check_model, check_strategy
 from fedcore.partition import parse_partition, partition_indices
 from fedcore.rundir import RunDir
 from fedcore.task import load_split
-from launcher.gpus import Nvml
-from launcher.placement import Placement, parse_gpus, plan_placement
-from launcher.plan import Plan, federated_plan, local_plan, port_in_use
+from launcher.planning.gpus import Nvml
+from launcher.planning.placement import Placement, parse_gpus, plan_placement
+from launcher.planning.plan import Plan, federated_plan, local_plan, port_in_use
 
 # The most training images each data set can have: more clients than this can never get data.
 TRAIN_SIZES = {"cifar10": 50_000, "synthetic": SYNTHETIC_TRAIN}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from fedcore.config import RunConfig
 from fedcore.rundir import PROGRESS
-from launcher.bundle import toml_table
-from launcher.placement import Placement, client_env
-from launcher.procs import ProcessSpec
+from launcher.planning.bundle import toml_table
+from launcher.planning.placement import Placement, client_env
+from launcher.supervision.procs import ProcessSpec
 
 FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 FEDERATION = "fedlaunch"
@@ -114,7 +114,7 @@ def client_spec(
     runtime_port = str(free_port("127.0.0.1"))
     if executor == "warm":
         argv: tuple[str, ...] = (
-            sys.executable, "-m", "launcher.executor", "--superlink", superlink,
+            sys.executable, "-m", "launcher.shim.executor", "--superlink", superlink,
             "--node-config", node_config, "--runtime-port", runtime_port, *tls, *extra)
     else:
         argv = (bin_path("flower-supernode"), *tls, "--superlink", superlink,

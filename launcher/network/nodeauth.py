@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedcore.errors import UsageError
-from launcher.procs import ANSI
+from launcher.supervision.procs import ANSI
 
 NODES = "nodes"  # the keys' folder inside a `fedlaunch certs` folder
 

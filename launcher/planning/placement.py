@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedcore.errors import UsageError
-from launcher.gpus import GpuInfo, Nvml
+from launcher.planning.gpus import GpuInfo, Nvml
 
 _IDS = re.compile(r"[0-9]+")
 

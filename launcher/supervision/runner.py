@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from launcher.events import EventBus
-from launcher.gpus import Nvml
-from launcher.headless import HeadlessPrinter
-from launcher.plan import Plan
-from launcher.supervisor import Supervisor
+from launcher.planning.gpus import Nvml
+from launcher.planning.plan import Plan
+from launcher.supervision.headless import HeadlessPrinter
+from launcher.supervision.supervisor import Supervisor
 
 
 def make_supervisor(plan: Plan, bus: EventBus) -> Supervisor:

@@ -13,7 +13,7 @@ import json
 import time
 
 from fedcore.rundir import RunDir
-from launcher.plan import node_id_file
+from launcher.planning.plan import node_id_file
 
 
 class Departures:

@@ -13,9 +13,6 @@ from pathlib import Path
 import psutil
 
 from fedcore.rundir import RunDir, summarize
-from launcher import nodeauth
-from launcher.bundle import make_app, write_flwr_config
-from launcher.departures import Departures
 from launcher.events import (
     ClientProgress,
     EventBus,
@@ -28,11 +25,14 @@ from launcher.events import (
     RunFinished,
     RunStarted,
 )
-from launcher.follow import RunFollower
-from launcher.gpus import Nvml
-from launcher.hints import explain_failure
-from launcher.plan import FEDERATION, FLWR_ENV, Plan, bin_path, run_config_toml
-from launcher.procs import ManagedProcess, stop_all
+from launcher.network import nodeauth
+from launcher.planning.bundle import make_app, write_flwr_config
+from launcher.planning.gpus import Nvml
+from launcher.planning.plan import FEDERATION, FLWR_ENV, Plan, bin_path, run_config_toml
+from launcher.supervision.departures import Departures
+from launcher.supervision.follow import RunFollower
+from launcher.supervision.hints import explain_failure
+from launcher.supervision.procs import ManagedProcess, stop_all
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
 STOP_CODES = {"interrupted": EXIT_SIGINT, "terminated": EXIT_SIGTERM}

@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from fedcore.flwr_tuning import fast_object_pulls
-from launcher import flwr_internals
+from launcher.shim import flwr_internals
 
 IDLE_WAIT = 0.2  # stock: 3 s between polls of the SuperLink when no message came
 FIRST_IDLE_WAIT = 0.02  # right after a task, when the next round's message is due soon

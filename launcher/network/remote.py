@@ -13,10 +13,10 @@ from cryptography.exceptions import InvalidSignature
 
 from fedcore.config import RunConfig
 from fedcore.errors import UsageError
-from launcher import nodeauth
-from launcher.certs import CertPaths, covers, server_names
-from launcher.placement import Placement, client_env
-from launcher.plan import (
+from launcher.network import nodeauth
+from launcher.network.certs import CertPaths, covers, server_names
+from launcher.planning.placement import Placement, client_env
+from launcher.planning.plan import (
     FEDERATION,
     FLWR_ENV,
     Plan,
@@ -25,7 +25,7 @@ from launcher.plan import (
     cpu_threads,
     flwr_home,
 )
-from launcher.procs import ProcessSpec
+from launcher.supervision.procs import ProcessSpec
 
 LOCAL = "127.0.0.1"
 

@@ -1,0 +1,1 @@
+"""Serving and joining across machines: addresses, TLS certificates, SuperNode keys."""
