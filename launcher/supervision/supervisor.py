@@ -43,7 +43,7 @@ def child_base_env() -> dict[str, str]:
 
     Flower's processes start helpers (flower-superexec, flwr-serverapp) by name.
     """
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_INTERNAL_")}
     scripts = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     return env
