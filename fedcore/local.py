@@ -37,7 +37,7 @@ def run_local(cfg: RunConfig, run: RunDir) -> dict[str, object]:
     optimizer = make_optimizer(model, cfg, cfg.lr)
     progress_path = run.path / PROGRESS / "client-0.json"
     first_epoch, best, train_images = 1, -1.0, 0
-    resumed = run.load_checkpoint("last")
+    resumed = run.resume_checkpoint()
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
         if "optimizer" in resumed:

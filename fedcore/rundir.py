@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
+from fedcore.errors import UsageError
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -22,7 +23,8 @@ DEPARTED = "departed-nodes.txt"  # `ID` a client died (the server stops waiting)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write JSON to a temporary file beside `path`, then rename: readers never see half a file
+    (the rename replaces a symlink at `path`, never writes through it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -35,20 +37,60 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def json_records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among `lines`; a line that is not UTF-8 JSON, or not an object, is skipped.
+
+    The one JSON-lines parser of fedlaunch: metrics.jsonl, read whole or followed as it grows.
+    """
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def split_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """Complete lines of `data` and the torn rest (a line still being written, or b"")."""
+    *lines, rest = data.split(b"\n")
+    return lines, rest
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Each complete JSON line of `path`; a torn last line (a crash mid-write) is skipped."""
-    if not path.exists():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return
-    with path.open() as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                return
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                yield record
+    yield from json_records(split_lines(data)[0])
+
+
+def open_append(path: Path) -> int:
+    """A file descriptor appending to `path`, which must not be a symlink (O_NOFOLLOW)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def symlinks_in(folder: Path) -> list[Path]:
+    """Every symbolic link inside `folder`, at any depth (links are listed, never followed)."""
+    found = []
+    for parent, dirs, files in os.walk(folder, followlinks=False):
+        for name in (*dirs, *files):
+            path = Path(parent) / name
+            if path.is_symlink():
+                found.append(path)
+    return found
+
+
+def refuse_symlinks(folder: Path, what: str) -> None:
+    """A run folder from elsewhere is not trusted: a symlink in it could make fedlaunch read or
+    write files outside it. UsageError naming the first one."""
+    links = symlinks_in(folder)
+    if links:
+        first = links[0]
+        more = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
+        raise UsageError(f"{what}: {first.relative_to(folder)} in {folder} is a symbolic link"
+                         f"{more}; fedlaunch reads and writes only plain files in a run folder")
 
 
 class RunDir:
@@ -79,24 +121,28 @@ class RunDir:
         write_json_atomic(self.path / PARTITIONS, stats)
 
     def append_metric(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one line to metrics.jsonl and flush it to the OS at once."""
+        """Append one line to metrics.jsonl and hand it to the OS at once (one write)."""
         record = {"event": event, "time": round(time.time(), 3), **fields}
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
+        self._append(self.metrics_path, json.dumps(record) + "\n")
         return record
+
+    @staticmethod
+    def _append(path: Path, text: str) -> None:
+        fd = open_append(path)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
     def metrics(self) -> list[dict[str, Any]]:
         return list(read_jsonl(self.metrics_path))
 
     def add_departed_node(self, node_id: int) -> None:
-        with (self.path / DEPARTED).open("a") as fh:
-            fh.write(f"{node_id}\n")
+        self._append(self.path / DEPARTED, f"{node_id}\n")
 
     def add_returned_node(self, node_id: int) -> None:
         """A departed node id is back (a restarted client that signs in with the same key)."""
-        with (self.path / DEPARTED).open("a") as fh:
-            fh.write(f"+{node_id}\n")
+        self._append(self.path / DEPARTED, f"+{node_id}\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / SUMMARY, summary)
@@ -106,7 +152,10 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else None
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> Path:
-        """Save tensors and plain values to checkpoints/<name>.pt, atomically."""
+        """Save tensors and plain values to checkpoints/<name>.pt, atomically: written to a
+        temporary file, fsynced, renamed over the old one, and the rename fsynced too."""
+        import torch  # here, not at the top: the launcher reads run folders without torch
+
         folder = self.path / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{name}.pt"
@@ -114,18 +163,60 @@ class RunDir:
         os.close(fd)
         try:
             torch.save(state, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        sync_folder(folder)
         return target
 
     def load_checkpoint(self, name: str) -> dict[str, Any] | None:
+        """checkpoints/<name>.pt, or None when there is none; raises when it cannot be read."""
+        import torch
+
         path = self.path / CHECKPOINTS / f"{name}.pt"
         if not path.exists():
             return None
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError(f"{path} holds no model state")
         return state
+
+    def resume_checkpoint(self, warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+        """last.pt to resume from; when it is damaged, best.pt with a warning; None when neither
+        exists (a fresh run). Raises ValueError when both are damaged."""
+        warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
+        try:
+            return self.load_checkpoint("last")
+        except Exception as exc:  # torch raises many kinds for a truncated or foreign file
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        try:
+            best = self.load_checkpoint("best")
+        except Exception as exc:
+            raise ValueError(f"checkpoints/last.pt and best.pt in {self.path} are both damaged "
+                             f"({reason})") from exc
+        if best is None:
+            raise ValueError(f"checkpoints/last.pt in {self.path} is damaged ({reason}) "
+                             "and there is no best.pt")
+        warn(f"checkpoints/last.pt is damaged ({reason}); resuming from best.pt "
+             f"(round {best.get('round')})")
+        return best
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a power cut (a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def summarize(run: RunDir, *, mode: str, exit_reason: str, wall_seconds: float) -> dict[str, Any]:

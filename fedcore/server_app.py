@@ -54,7 +54,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
     model = prepare_model(build_model(cfg.model), device)
 
     first_round, train_images, best = 1, 0, -1.0
-    resumed = run.load_checkpoint("last")
+    resumed = run.resume_checkpoint(warn=lambda text: log(WARNING, text))
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
         first_round = int(resumed["round"]) + 1
