@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import re
 import signal
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,24 @@ import psutil
 STREAM_LIMIT = 1 << 20
 LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # Flower colours its log levels even into a pipe
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec function: the child gets SIGKILL when the launcher (`parent`) dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before the signal was armed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,7 @@ class ManagedProcess:
             env=env,
             cwd=self.cwd,
             start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()),
             limit=STREAM_LIMIT,
         )
         self.reader = asyncio.create_task(self._read(self.proc), name=f"read-{self.name}")
@@ -149,30 +170,42 @@ class ManagedProcess:
 
 
 async def stop_all(processes: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
-    """SIGTERM every process group, wait to a deadline, SIGKILL survivors, sweep escaped descendants."""
+    """Stop every process at once: SIGTERM each process group (and the descendants that left it),
+    wait to one deadline, SIGKILL the survivors and every descendant seen, then drain the logs."""
     live = [p for p in processes if p.proc is not None]
-    escaped: list[psutil.Process] = []
+    escaped: dict[int, psutil.Process] = {}
     for p in live:
-        escaped.extend(p.descendants())
+        escaped.update((c.pid, c) for c in p.descendants())
         p.stopping = True
         p.send(signal.SIGTERM)
         p.send(signal.SIGCONT)  # a stopped (hung) process acts on SIGTERM only once continued
+    signal_all(escaped.values(), signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for p in live:
-        assert p.reader is not None
+        assert p.proc is not None
         try:
-            await asyncio.wait_for(asyncio.shield(p.reader), max(0.1, deadline - time.monotonic()))
+            await asyncio.wait_for(asyncio.shield(p.proc.wait()),
+                                   max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            p.send(signal.SIGKILL)
+            pass
     for p in live:
-        escaped.extend(p.descendants())
+        escaped.update((c.pid, c) for c in p.descendants())
         p.send(signal.SIGKILL)
+    sweep(list(escaped.values()))  # they may hold a log pipe open: before waiting for EOF
+    for p in live:
         assert p.reader is not None
         try:
             await asyncio.wait_for(asyncio.shield(p.reader), 5.0)
         except TimeoutError:
             pass
-    sweep(escaped)
+
+
+def signal_all(processes: Iterable[psutil.Process], sig: int) -> None:
+    for proc in processes:
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            continue
 
 
 def sweep(processes: Sequence[psutil.Process]) -> None:
@@ -186,3 +219,9 @@ def sweep(processes: Sequence[psutil.Process]) -> None:
         except psutil.Error:
             continue
     psutil.wait_procs(alive, timeout=3)
+
+
+# Makes the ManagedProcess for a spec: the class itself, or a test's stand-in that runs tiny
+# scripts in place of Flower (spec, log path, line callback, base environment, working folder).
+ProcessFactory = Callable[[ProcessSpec, Path, Callable[[str, str], None], dict[str, str], Path | None],
+                          ManagedProcess]

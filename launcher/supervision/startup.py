@@ -1,0 +1,76 @@
+"""Before and during start-up: the run folder's Flower files, the SuperLink's first answer, node keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from launcher.network import nodeauth
+from launcher.planning.bundle import make_app, write_flwr_config
+from launcher.planning.plan import FEDERATION, FLWR_ENV, Plan, bin_path, run_config_toml
+from launcher.supervision.outcome import RunFailed
+from launcher.supervision.procs import ManagedProcess
+
+
+def child_base_env() -> dict[str, str]:
+    """The environment children inherit, with this Python's scripts first on PATH.
+
+    Flower's processes start helpers (flower-superexec, flwr-serverapp) by name.
+    """
+    env = dict(os.environ)
+    scripts = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
+    return env
+
+
+def write_flower_files(plan: Plan) -> None:
+    """The app bundle, its run config and `flwr run`'s home, for a run whose SuperLink is here."""
+    make_app(plan.run_dir / "app", plan.cfg)
+    (plan.run_dir / "run_config.toml").write_text(run_config_toml(plan.cfg))
+    ca = Path(plan.root_certificates) if plan.root_certificates else None
+    write_flwr_config(plan.run_dir / "flwr" / "submit", plan.superlink_address, ca)
+
+
+async def wait_for_superlink(
+    address: str,
+    link: ManagedProcess,
+    stopping: Callable[[], bool],
+    monotonic: Callable[[], float],
+    timeout: float = 60.0,
+    interval: float = 0.05,
+) -> None:
+    """Wait until `address` accepts connections; fail naming the SuperLink if it exits first or
+    does not answer within `timeout`; return early when a stop is asked for."""
+    host, port = address.rsplit(":", 1)
+    deadline = monotonic() + timeout
+    while monotonic() < deadline:
+        if link.returncode is not None:
+            raise RunFailed(link.name, f"exited with code {link.returncode} at start",
+                            tuple(link.tail))
+        if stopping():
+            return
+        try:
+            _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(interval)
+    raise RunFailed(link.name, f"did not answer on {address} within {timeout:.0f} s",
+                    tuple(link.tail))
+
+
+async def register_node_keys(plan: Plan, base_env: dict[str, str]) -> int:
+    """With SuperNode authentication, register every node key (before a SuperNode starts)."""
+    keys = list(plan.node_keys)
+    env = {**base_env, **FLWR_ENV, "FLWR_HOME": str(plan.run_dir / "flwr" / "submit")}
+    log = plan.run_dir / "logs" / "register.log"
+    failed = await nodeauth.register(bin_path("flwr"), FEDERATION, keys, env, plan.run_dir, log)
+    if failed:
+        key, why = failed[0]
+        raise RunFailed("register", f"could not register the node key {key}: {why}",
+                        tuple(log.read_text().splitlines()[-12:]))
+    return len(keys)
