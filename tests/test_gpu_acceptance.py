@@ -1,0 +1,213 @@
+"""bench/gpu_acceptance.py on the CPU: its skip without a GPU, its step runner, deadline and report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psutil
+import pytest
+
+from launcher.planning.gpus import Nvml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_acceptance.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_acceptance", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_acceptance"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+acceptance = _load()
+
+
+def _has_gpu() -> bool:
+    nvml = Nvml()
+    try:
+        return nvml.available()
+    finally:
+        nvml.shutdown()
+
+
+def context(tmp_path: Path, seconds: float = 300.0, lines: list[str] | None = None) -> Any:
+    sink = lines if lines is not None else []
+    return acceptance.Context(tmp_path, cpu=True, gpu_id=0, deadline=time.monotonic() + seconds,
+                              echo=sink.append)
+
+
+def script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+# --- the script as a command -----------------------------------------------------------------------
+
+@pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU: the script would run for real")
+def test_without_a_gpu_it_says_why_in_one_line_and_exits_0(tmp_path: Path) -> None:
+    started = time.monotonic()
+
+    done = script(str(tmp_path / "out"))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [done.stdout.strip()]
+    assert done.stdout.startswith("gpu_acceptance: skipped: no NVIDIA GPU (")
+    assert done.stderr == ""
+    assert time.monotonic() - started < 30
+    assert (tmp_path / "out" / "acceptance.log").read_text() == done.stdout
+
+
+def test_unknown_steps_are_refused(tmp_path: Path) -> None:
+    done = script(str(tmp_path), "--steps", "env,nope")
+
+    assert done.returncode == 2
+    assert "--steps: unknown ['nope']" in done.stderr
+
+
+@pytest.mark.timeout(240)
+def test_cpu_dry_run_runs_real_steps_and_writes_log_results_and_rows(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    done = script(str(out), "--dry-run-cpu", "--steps", "env,plan", "--deadline", "200", timeout=230)
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["dry_run_cpu"] is True
+    assert [(s["name"], s["status"]) for s in results["steps"]] == [("env", "PASS"), ("plan", "PASS")]
+    assert results["machine"]["gpu"].startswith("CPU (dry run")
+    log = (out / "acceptance.log").read_text()
+    assert "$ " in log and "fedlaunch --dry-run --clients 4 --gpus cpu" in log
+    assert "ok    the plan puts the 4 clients on cpu" in log
+    assert "=== summary" in log and "=== rows for docs/PERFORMANCE.md" in log
+    rows = (out / "performance-rows.md").read_text()
+    assert rows.startswith("### CPU dry run of bench/gpu_acceptance.py: plumbing only, NOT GPU figures")
+    assert "| date | GPU | driver | torch | command | figure |" in rows
+    assert (out / "plan" / "plan.out").exists() and (out / "env" / "machine.json").exists()
+    assert not (out / "plan" / "not-created").exists()
+
+
+# --- the step runner ---------------------------------------------------------------------------------
+
+def test_a_step_over_its_budget_is_stopped_and_its_process_killed(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    pids: list[int] = []
+
+    def sleeper(c: Any) -> None:
+        code, _ = c.run(["bash", "-c", "sleep 60 & echo $! > child.pid; wait"], "sleep", cwd=tmp_path)
+        pids.append(code)
+
+    def after(c: Any) -> None:
+        c.check(True, "the next step still runs")
+
+    started = time.monotonic()
+    results = acceptance.run_steps(ctx, [acceptance.Step("slow", "a slow step", 2, sleeper),
+                                         acceptance.Step("next", "the next step", 10, after)])
+    took = time.monotonic() - started
+    ctx.close()
+
+    assert [(r.name, r.status) for r in results] == [("slow", "FAIL"), ("next", "PASS")]
+    assert results[0].detail == "over its budget of 2 s"
+    assert took < 12 and pids == []
+    child = int((tmp_path / "child.pid").read_text())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    log = (tmp_path / "acceptance.log").read_text()
+    assert "FAIL a slow step in" in log and "PASS the next step" in log
+
+
+def test_failed_checks_errors_and_the_deadline_are_reported_per_step(tmp_path: Path) -> None:
+    lines: list[str] = []
+    ctx = context(tmp_path, seconds=acceptance.CLEANUP_RESERVE + 6, lines=lines)
+
+    def checks(c: Any) -> None:
+        c.check(True, "one thing holds")
+        c.check(False, "another does not")
+        c.figure("P1 (2 clients, cnn b64)", "0.61", "python bench/bench.py --clients 2", "target missed")
+
+    def broken(c: Any) -> None:
+        raise acceptance.StepFailed("fedlaunch exited 1")
+
+    def bug(c: Any) -> None:
+        raise KeyError("gpu_uuid")
+
+    def late(c: Any) -> None:
+        time.sleep(60)
+
+    steps = [acceptance.Step("a", "checks", 10, checks), acceptance.Step("b", "broken", 10, broken),
+             acceptance.Step("c", "bug", 10, bug), acceptance.Step("d", "late", 60, late)]
+    started = time.monotonic()
+    results = acceptance.run_steps(ctx, steps)
+    ctx.close()
+
+    assert [(r.name, r.status) for r in results] == [("a", "FAIL"), ("b", "FAIL"), ("c", "FAIL"),
+                                                     ("d", "FAIL")]
+    assert [r.detail for r in results[:3]] == [
+        "another does not", "fedlaunch exited 1", "KeyError: 'gpu_uuid'"]
+    assert results[3].detail in ("over its budget of 5 s", "over its budget of 6 s")  # the deadline's cut
+    assert time.monotonic() - started < 10
+    assert results[0].figures[0].value == "0.61"
+    assert any("FAIL  another does not" in line for line in lines)
+
+
+def test_no_step_starts_once_the_deadline_is_too_near(tmp_path: Path) -> None:
+    ctx = context(tmp_path, seconds=10)
+    ran: list[str] = []
+
+    results = acceptance.run_steps(ctx, [acceptance.Step("x", "x", 60, lambda c: ran.append("x"))])
+    ctx.close()
+
+    assert ran == []
+    assert [(r.name, r.status, r.detail) for r in results] == [
+        ("x", "SKIP", "no time left before the deadline")]
+
+
+def test_summary_and_markdown_rows_name_date_gpu_driver_torch_command_and_figure() -> None:
+    figure = acceptance.Figure("P1 (8 clients, mobilenetv2 b128)", "0.91",
+                               "python bench/bench.py --clients 8", "target >= 0.85 met")
+    results = [acceptance.StepResult("bench", "PASS", 61.2, "all checks passed", [figure]),
+               acceptance.StepResult("tui-8", "FAIL", 40.0, "each client row shows its GPU memory")]
+    machine = {"date": "2026-11-29", "gpu": "NVIDIA H200 (GPU 0)", "driver": "570.86.15",
+               "torch": "2.14.1+cu130", "flwr": "1.42.0", "cuda_driver": "12.8", "torch_cuda": "13.0",
+               "cpus": 16}
+
+    table = acceptance.summary_table(results)
+    rows = acceptance.markdown_rows(machine, results, cpu=False).splitlines()
+
+    assert table.splitlines()[1].split()[:3] == ["bench", "PASS", "61.2"]
+    assert table.splitlines()[2].split()[:2] == ["tui-8", "FAIL"]
+    assert rows[0] == "### GPU acceptance, 2026-11-29, NVIDIA H200 (GPU 0)"
+    assert ("| 2026-11-29 | NVIDIA H200 (GPU 0) | 570.86.15 | 2.14.1+cu130 | "
+            "`python bench/bench.py --clients 8` | P1 (8 clients, mobilenetv2 b128) = 0.91 "
+            "(target >= 0.85 met) |") in rows
+    assert rows[-1] == "Not passed: tui-8 FAIL (each client row shows its GPU memory)"
+
+
+def test_bench_output_is_read_into_figures() -> None:
+    text = "\n".join([
+        "# 2026-11-29 on host (NVIDIA H200); torch 2.14.1+cu130",
+        "(a) bare x8: 200000 images in 9.10 s = 21978 images/s",
+        "(b) fedlaunch --executor warm: 200000 images in 10.50 s of rounds = 19048 images/s; "
+        "mean round 2.62 s; whole run 31.0 s",
+        "    P1 = 0.87   P3 = 0.31 s   P4 = 7.9 s",
+        "(c) local loop 4500 images/s vs seed PIL+DataLoader 1400 images/s: P2 = 3.21",
+    ])
+
+    found = acceptance_steps().parse_bench(text)
+
+    assert found == {"bare": 21978, "fedlaunch": 19048, "mean_round": 2.62, "P1": 0.87, "P3": 0.31,
+                     "P4": 7.9, "local": 4500, "seed": 1400, "P2": 3.21}
+    with pytest.raises(acceptance.StepFailed, match="bench.py printed no line"):
+        acceptance_steps().parse_bench(text.replace("P2 = 3.21", ""))
+
+
+def acceptance_steps() -> ModuleType:
+    return sys.modules["acceptance_steps"]
