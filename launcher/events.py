@@ -133,7 +133,7 @@ class Notice:
 class RunFinished:
     """The run ended; processes are stopped and summary.json is written."""
 
-    exit_reason: str  # "completed", "interrupted", "terminated", "failed"
+    exit_reason: str  # "completed", "interrupted", "terminated", "hangup", "failed"
     exit_code: int
     summary: dict[str, Any] = field(default_factory=dict)
     failed_process: str | None = None

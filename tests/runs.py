@@ -27,7 +27,7 @@ FEDLAUNCH = BIN / "fedlaunch"
 # Small and fast: synthetic data, the tutorial CNN, a few hundred images.
 SMALL = ("--dataset", "synthetic", "--model", "cnn", "--limit-train", "600", "--limit-test", "200")
 FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-EXIT_REASONS = {"completed", "interrupted", "terminated", "failed"}
+EXIT_REASONS = {"completed", "interrupted", "terminated", "hangup", "failed"}
 
 
 def fedlaunch_argv(*args: str) -> list[str]:
@@ -68,7 +68,8 @@ def cmdline(proc: psutil.Process) -> list[str]:
 def role_of(proc: psutil.Process) -> str | None:
     """`superlink`, `superexec`, `serverapp`, `server` (flwr run), `client-N` (the process the
     launcher supervises for client N), `supernode-N` (the Flower SuperNode of client N; the same
-    process as client-N when no executor wraps it), `clientapp`, `local`; None for others."""
+    process as client-N when no executor wraps it), `clientapp`, `local`, `plots` (the background
+    step that draws accuracy.png and loss.png after the run); None for others."""
     argv = cmdline(proc)
     text = " ".join(argv)
     names = {Path(a).name for a in argv[:3]}
@@ -85,6 +86,8 @@ def role_of(proc: psutil.Process) -> str | None:
         return "server"
     if "fedcore.local" in argv:
         return "local"
+    if any("plot_curves" in a for a in argv):
+        return "plots"
     if partition is not None:
         if "launcher.shim.executor" in argv:
             return f"client-{partition.group(1)}"
@@ -342,10 +345,18 @@ class Run:
     # checking
 
     def leftovers(self) -> list[psutil.Process]:
-        """Processes of the run still alive: seen in its tree, or naming its run folder."""
+        """Processes of the run still alive: seen in its tree, or naming its run folder; not the
+        plots step, which is meant to outlive the command (see `wait_for_plots`)."""
         found = {p.pid: p for p in self.seen.values() if alive(p)}
         found.update({p.pid: p for p in processes_mentioning(str(self.out))})
-        return list(found.values())
+        return [p for p in found.values() if role_of(p) != "plots"]
+
+    def wait_for_plots(self, timeout: float = 90) -> None:
+        """The background plots step drew accuracy.png and loss.png and is gone."""
+        def drawn() -> bool:
+            steps = [p for p in processes_mentioning(str(self.out)) if role_of(p) == "plots"]
+            return not steps and all((self.out / f"{k}.png").exists() for k in ("accuracy", "loss"))
+        wait_until(drawn, timeout, "accuracy.png and loss.png from the plots step")
 
     def assert_no_orphans(self, grace: float = 5.0) -> None:
         """After fedlaunch has exited, no process of the run may live on (a few seconds allowed

@@ -73,21 +73,24 @@ class HeadlessPrinter:
             self._finished(event)
 
     def _finished(self, event: RunFinished) -> None:
-        s = event.summary
         if event.failed_process:
             self._write(f"fedlaunch: run failed: {event.failed_process} died; last lines of its log:",
                         "31")
             for line in event.log_tail[-15:]:
                 self._write(self._prefix(event.failed_process) + line)
+        self._write(self._bold(self.final_line(event)))
+
+    def final_line(self, event: RunFinished) -> str:
+        """The one-line result: `fedlaunch: completed after 3 rounds in 21.4s; ...; exit 0`."""
+        s = event.summary
         done = s.get("rounds_completed", s.get("epochs_completed"))
         final, best = s.get("final_accuracy"), s.get("best_accuracy")
         accuracy = (f"final accuracy {final:.4f}, best {best:.4f}" if final is not None
                     else "no round completed")
         if self.joined:  # the serving side has the metrics
             done, accuracy = self.client_round, "the serving side has the accuracy"
-        self._write(self._bold(
-            f"fedlaunch: {event.exit_reason} after {done} {self.unit}s in "
-            f"{s.get('wall_seconds', 0):.1f}s; {accuracy}; exit {event.exit_code}"))
+        return (f"fedlaunch: {event.exit_reason} after {done} {self.unit}s in "
+                f"{s.get('wall_seconds', 0):.1f}s; {accuracy}; exit {event.exit_code}")
 
     def _prefix(self, name: str) -> str:
         self.width = max(self.width, len(name))
@@ -108,3 +111,25 @@ class HeadlessPrinter:
             self.stream.flush()
         except (BrokenPipeError, ValueError):
             pass
+
+
+class FinalLine:
+    """Under the TUI: remembers what the final line needs, to print it once the screen is gone."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.printer = HeadlessPrinter(stream, show_logs=False)
+        self.finished: RunFinished | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.printer.unit = "epoch" if event.mode == "local" else "round"
+            self.printer.joined = event.mode == "join"
+        elif isinstance(event, ClientProgress):
+            self.printer(event)
+        elif isinstance(event, RunFinished):
+            self.finished = event
+
+    def print(self) -> None:
+        """As headless prints it: the failure (named, with its log's tail) and the result line."""
+        if self.finished is not None:
+            self.printer(self.finished)

@@ -1,17 +1,19 @@
-"""Runs a Plan: headless with a printer, or under the Textual view."""
+"""Runs a Plan: headless with a printer, or under the Textual view, guarded by the watchdog."""
 
 from __future__ import annotations
 
 from launcher.events import EventBus
 from launcher.planning.gpus import Nvml
 from launcher.planning.plan import Plan
-from launcher.supervision.headless import HeadlessPrinter
+from launcher.supervision.afterwards import start_plots
+from launcher.supervision.headless import FinalLine, HeadlessPrinter
 from launcher.supervision.supervisor import Supervisor
+from launcher.supervision.watchdog import Watchdog
 
 
 def make_supervisor(plan: Plan, bus: EventBus) -> Supervisor:
     nvml = Nvml() if plan.placement.gpus else None
-    return Supervisor(plan, bus, nvml=nvml)
+    return Supervisor(plan, bus, nvml=nvml, watchdog=Watchdog(), afterwards=start_plots)
 
 
 async def run_headless(plan: Plan) -> int:
@@ -26,6 +28,8 @@ def run_tui(plan: Plan, *, exit_on_finish: bool = False) -> int:
     from launcher.tui.app import FedlaunchApp
 
     bus = EventBus()
+    final = FinalLine()
+    bus.subscribe(final)
     supervisor = make_supervisor(plan, bus)
 
     async def run() -> int:
@@ -34,4 +38,5 @@ def run_tui(plan: Plan, *, exit_on_finish: bool = False) -> int:
 
     app = FedlaunchApp(bus, run, supervisor.request_stop, exit_on_finish=exit_on_finish)
     code = app.run()
+    final.print()  # the screen is gone: the result stays in the terminal, as headless prints it
     return int(code) if code is not None else 1

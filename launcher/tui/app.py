@@ -64,6 +64,7 @@ class FedlaunchApp(App[int]):
         self.state = RunState(clock)
         self.exit_code: int | None = None  # the run worker's result, else RunFinished's
         self.run_done = False
+        self.leave_when_done = False  # `q` while stopping or finishing: leave once all is down
         self._ignore_events = False
 
     def compose(self) -> ComposeResult:
@@ -122,7 +123,7 @@ class FedlaunchApp(App[int]):
         self.run_done = True
         self.state.dirty |= {"header", "summary", "progress"}
         self.redraw()
-        if self.exit_on_finish:
+        if self.exit_on_finish or self.leave_when_done:
             self._quit_with(self.exit_code)
 
     # -- drawing ------------------------------------------------------------------------------
@@ -163,17 +164,28 @@ class FedlaunchApp(App[int]):
     def finished(self) -> bool:
         return self.run_done or self.state.finished is not None
 
+    @property
+    def finishing(self) -> bool:
+        """The last round (or epoch) is done: what is left is the processes stopping."""
+        state = self.state
+        return state.total > 0 and state.completed >= state.total
+
     def action_stop(self) -> None:
-        """First press asks the run to stop; once it has ended, quit with its exit code."""
-        if self.finished:
+        """Mid-run, the first press asks the run to stop and the screen stays on its summary.
+        Pressed again while it stops, or once the run is finishing, the app leaves as soon as
+        the processes are down; once the run has ended, at once."""
+        if self.run_done:
             self._quit_with(self.exit_code if self.exit_code is not None else EXIT_FAILED)
-        elif not self.state.stopping:
+            return
+        leave = self.state.stopping or self.finishing or self.finished
+        if not self.state.stopping:
             self.state.stopping = True
             self.state.dirty.add("header")
             self.redraw()
             self._request_stop("interrupted")
-        else:
-            self.notify("stopping: waiting for the processes to exit", timeout=3)
+        if leave:
+            self.leave_when_done = True
+            self.notify("leaving once the processes are down", timeout=3)
 
     def action_log(self) -> None:
         log = self.query_one(LogPane)

@@ -9,7 +9,8 @@ from textual.widgets import Static
 from launcher.tui.charts import clock_text
 from launcher.tui.state import RunState
 
-REASON_STYLE = {"completed": "bold green", "interrupted": "bold yellow", "terminated": "bold yellow"}
+REASON_STYLE = {"completed": "bold green", "interrupted": "bold yellow", "terminated": "bold yellow",
+                "hangup": "bold yellow"}
 
 
 def status_text(state: RunState) -> Text:
