@@ -22,7 +22,8 @@ examples:
   fedlaunch --dry-run --clients 4                  print the processes, GPUs and ports; start nothing
   fedlaunch report runs/A runs/B                   curves of two runs side by side
 
-exit codes: 0 done, 1 run failed, 2 bad input, 130 interrupted (Ctrl+C), 143 terminated
+exit codes: 0 done, 1 run failed, 2 bad input, 129 hung up (SIGHUP: the terminal or SSH
+session closed), 130 interrupted (Ctrl+C), 143 terminated (SIGTERM)
 """
 
 # CLI flag -> RunConfig key; value types come from RunConfig, so names agree everywhere.
