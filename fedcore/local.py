@@ -11,7 +11,7 @@ import torch
 from fedcore.config import RunConfig, from_mapping
 from fedcore.errors import UsageError
 from fedcore.models import build_model
-from fedcore.rundir import PROGRESS, RunDir, plot_curves, summarize, write_json_atomic
+from fedcore.rundir import PROGRESS, RunDir, summarize, write_json_atomic
 from fedcore.task import load_split
 from fedcore.train import (
     DeviceData,
@@ -89,8 +89,7 @@ def run_local(cfg: RunConfig, run: RunDir) -> dict[str, object]:
               flush=True)
     run.append_metric("end", exit_reason="completed")
     summary = summarize(run, mode="local", exit_reason="completed", wall_seconds=time.time() - started)
-    run.write_summary(summary)
-    plot_curves(run)
+    run.write_summary(summary)  # the launcher's background step draws the plots
     return summary
 
 

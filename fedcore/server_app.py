@@ -17,7 +17,7 @@ from fedcore.config import RunConfig, from_run_config
 from fedcore.flwr_tuning import fast_object_pulls
 from fedcore.models import build_model
 from fedcore.partition import parse_partition, partition_indices, partition_stats
-from fedcore.rundir import DEPARTED, RunDir, plot_curves, summarize
+from fedcore.rundir import DEPARTED, RunDir, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
 from fedcore.train import DeviceData, evaluate, pick_device, prepare_model, scheduled_lr
@@ -106,7 +106,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
     run.append_metric("end", exit_reason="completed")
     run.write_summary(summarize(run, mode="federated", exit_reason="completed",
                                 wall_seconds=time.time() - started))
-    plot_curves(run)
+    # The plots are drawn by the launcher's background step once the run is down.
 
 
 @dataclass
