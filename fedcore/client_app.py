@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedcore.config import RunConfig, from_run_config
+from fedcore.errors import UsageError
 from fedcore.models import build_model
 from fedcore.rundir import PROGRESS, write_json_atomic
 from fedcore.task import client_share, load_split
@@ -47,12 +49,16 @@ _STATE: dict[str, ClientState] = {}
 
 def client_state(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientState:
     """Model and device-resident data for this client, built once per process and config."""
+    cfg = own_data(cfg)
     key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, cfg.seed,
            cfg.partition, cfg.model, cfg.augment, partition_id, num_partitions)
     state = _STATE.get("client")
     if state is None or state.key != key:
         device = pick_device()
-        split = load_split(cfg)
+        try:
+            split = load_split(cfg)
+        except UsageError as exc:  # a joined machine without the run's data set
+            raise ClientDataError(f"client {partition_id}: {exc}") from None
         share = client_share(cfg, split, partition_id, num_partitions)
         state = ClientState(
             key=key,
@@ -63,6 +69,28 @@ def client_state(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clie
         )
         _STATE["client"] = state
     return state
+
+
+class ClientDataError(RuntimeError):
+    """This client cannot read the data set the run uses (one line: what is missing, where)."""
+
+
+def own_data(cfg: RunConfig) -> RunConfig:
+    """A joined client reads its own machine's data folder (FEDLAUNCH_CLIENT_DATA_DIR, set by
+    `fedlaunch --join`), never the server's path from the run config."""
+    mine = os.environ.get("FEDLAUNCH_CLIENT_DATA_DIR")
+    return cfg if mine is None else cfg.replace(data_dir=mine)
+
+
+def state_or_fail(cfg: RunConfig, partition_id: int, num_partitions: int,
+                  progress: ProgressFile, server_round: int = 0) -> ClientState:
+    """client_state, or this client marked failed with the one-line reason (its log, its row)."""
+    try:
+        return client_state(cfg, partition_id, num_partitions)
+    except ClientDataError as exc:
+        print(f"fedlaunch: {exc}", file=sys.stderr, flush=True)
+        progress.write("failed", round=server_round, error="no data", detail=str(exc)[:300])
+        raise
 
 
 class ProgressFile:
@@ -117,7 +145,7 @@ def train(msg: Message, context: Context) -> Message:
     progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")),
                             context.node_id)
     progress.write("training", round=server_round, epochs=epochs)  # loading the round's model
-    state = client_state(cfg, partition_id, num_partitions)
+    state = state_or_fail(cfg, partition_id, num_partitions, progress, server_round)
     load_record(state.model, msg.content["arrays"])
     optimizer = make_optimizer(state.model, cfg, float(config.get("lr", cfg.lr)))
 
@@ -159,7 +187,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")),
                             context.node_id)
     progress.write("evaluating")
-    state = client_state(cfg, partition_id, num_partitions)
+    state = state_or_fail(cfg, partition_id, num_partitions, progress)
     load_record(state.model, msg.content["arrays"])
     loss, accuracy = evaluate(state.model, state.test, batch_size=cfg.eval_batch_size,
                               precision=cfg.precision)

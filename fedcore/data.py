@@ -142,10 +142,43 @@ def _check_limit(flag: str, limit: int | None) -> None:
 
 
 def _subset(data: ImageSet, limit: int | None, seed: int) -> ImageSet:
-    if limit is None or limit >= len(data):
-        return data
-    keep = np.sort(np.random.default_rng(seed).permutation(len(data))[:limit])
-    return ImageSet(data.images[keep], data.labels[keep])
+    keep = _subset_index(len(data), limit, seed)
+    return data if keep is None else ImageSet(data.images[keep], data.labels[keep])
+
+
+def _subset_index(size: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """The sorted indices a limit keeps (the same draw for images and labels); None: all."""
+    if limit is None or limit >= size:
+        return None
+    return np.sort(np.random.default_rng(seed).permutation(size)[:limit])
+
+
+def load_train_labels(
+    name: str,
+    data_dir: Path | None = None,
+    *,
+    seed: int = 0,
+    limit_train: int | None = None,
+    download: bool = True,
+    log: Log = print,
+) -> np.ndarray:
+    """The training labels `load_dataset` would give, reading only them when they are cached
+    (`<cache>.labels.npy` beside the images' cache): the launcher checks a partition with them."""
+    _check_limit("--limit-train", limit_train)
+    if name == "synthetic":
+        labels = _synthetic_labels(np.random.default_rng([seed, 1]), SYNTHETIC_TRAIN,
+                                   len(CIFAR10_CLASSES))
+    elif name == "cifar10":
+        labels = _cifar10_labels(data_dir, download, log)
+    else:
+        raise UsageError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    keep = _subset_index(len(labels), limit_train, seed)
+    return labels if keep is None else labels[keep]
+
+
+def _synthetic_labels(rng: np.random.Generator, n: int, num_classes: int) -> np.ndarray:
+    """The first draw of a synthetic set's generator: its labels."""
+    return rng.integers(0, num_classes, size=n, dtype=np.int64)
 
 
 def make_synthetic(
@@ -176,7 +209,7 @@ def _synthetic_images(patterns: np.ndarray, n: int, rng: np.random.Generator) ->
     mixed = patterns[:, None] + 0.6 * patterns[None, :]
     tiled = np.pad(mixed, ((0, 0), (0, 0), (0, 12), (0, 12), (0, 0)), mode="wrap")
     windows = sliding_window_view(tiled, (32, 32), axis=(2, 3))
-    labels = rng.integers(0, num_classes, size=n, dtype=np.int64)
+    labels = _synthetic_labels(rng, n, num_classes)
     distractors = (labels + rng.integers(1, num_classes, size=n)) % num_classes
     shift_r, shift_c = rng.integers(0, 13, size=(2, n))
     pixels = windows[labels, distractors, shift_r, shift_c]
@@ -190,7 +223,7 @@ def _synthetic_images(patterns: np.ndarray, n: int, rng: np.random.Generator) ->
     return ImageSet(np.ascontiguousarray(pixels.astype(np.uint8).transpose(0, 2, 3, 1)), labels)
 
 
-def _load_cifar10(data_dir: Path | None, download: bool, log: Log) -> tuple[ImageSet, ImageSet, str]:
+def _cifar10_source(data_dir: Path | None, download: bool, log: Log) -> tuple[Path, _Source]:
     explicit = data_dir is not None
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     _check_folder(root, explicit, download)
@@ -200,6 +233,53 @@ def _load_cifar10(data_dir: Path | None, download: bool, log: Log) -> tuple[Imag
         source = _find_source(root)
     if source is None:
         raise UsageError(f"no CIFAR-10 found in {root}: expected {LAYOUTS} {OFFLINE_HINT}")
+    return root, source
+
+
+def _cifar10_labels(data_dir: Path | None, download: bool, log: Log) -> np.ndarray:
+    """CIFAR-10's training labels: from the labels cache, else from the images' cache (which
+    then gets a labels cache), else decoded once with the images (both caches written)."""
+    root, source = _cifar10_source(data_dir, download, log)
+    cache_name = f"fedlaunch-cifar10-{_cache_key(source)}.npz"
+    for cache_dir in (root, _cache_root()):
+        labels_path = cache_dir / _labels_name(cache_name)
+        try:
+            labels = np.load(labels_path, allow_pickle=False)
+            if labels.dtype == np.int64 and labels.ndim == 1:
+                return np.asarray(labels)
+        except (OSError, ValueError):
+            pass
+        try:
+            with np.load(cache_dir / cache_name, allow_pickle=False) as npz:
+                labels = np.asarray(npz["train_labels"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if labels.dtype == np.int64 and labels.ndim == 1:
+            _write_labels(labels_path, labels)
+            return labels
+    return _load_cifar10(data_dir, download, log)[0].labels
+
+
+def _labels_name(cache_name: str) -> str:
+    return cache_name.removesuffix(".npz") + ".labels.npy"
+
+
+def _write_labels(path: Path, labels: np.ndarray) -> None:
+    """The labels alone beside the images' cache, atomically; skipped where it cannot be written."""
+    tmp_name = ""
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".fedlaunch-", suffix=".tmp",
+                                         delete=False) as tmp:
+            tmp_name = tmp.name
+            np.save(tmp, labels, allow_pickle=False)
+        os.replace(tmp_name, path)
+    except OSError:
+        if tmp_name:
+            Path(tmp_name).unlink(missing_ok=True)
+
+
+def _load_cifar10(data_dir: Path | None, download: bool, log: Log) -> tuple[ImageSet, ImageSet, str]:
+    root, source = _cifar10_source(data_dir, download, log)
     cache_name = f"fedlaunch-cifar10-{_cache_key(source)}.npz"
     for cache_dir in (root, _cache_root()):
         cached = _read_cache(cache_dir / cache_name, log)
@@ -314,6 +394,7 @@ def _write_cache(dirs: Iterable[Path], name: str, train: ImageSet, test: ImageSe
                     test_labels=test.labels,
                 )
             os.replace(tmp_name, cache_dir / name)
+            _write_labels(cache_dir / _labels_name(name), train.labels)
             log(f"wrote cache {cache_dir / name}")
             return
         except OSError:

@@ -4,65 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedcore.errors import UsageError
+from fedcore.partition_spec import (  # noqa: F401  (re-exported: the names fedcore.partition always had)
+    DEFAULT_ALPHA,
+    PARTITION_KINDS,
+    PartitionSpec,
+    bad_spec,
+    parse_partition,
+)
 
-PARTITION_KINDS = ("iid", "dirichlet", "classes")
-DEFAULT_ALPHA = 0.5
 DIRICHLET_TRIES = 100
 MIN_CLIENT_SAMPLES = 10
-
-
-@dataclass(frozen=True)
-class PartitionSpec:
-    """How to split: kind "iid", "dirichlet" (with alpha) or "classes" (with classes_per_client)."""
-
-    kind: str
-    alpha: float | None = None
-    classes_per_client: int | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "dirichlet":
-            return f"dirichlet:{self.alpha:g}"
-        if self.kind == "classes":
-            return f"classes:{self.classes_per_client}"
-        return self.kind
-
-
-def _bad_spec(spec: str) -> UsageError:
-    return UsageError(f"bad --partition {spec!r}: use iid, dirichlet:ALPHA (ALPHA > 0) or classes:K")
-
-
-def parse_partition(spec: str) -> PartitionSpec:
-    """Parse "iid", "dirichlet" (alpha 0.5), "dirichlet:ALPHA" or "classes:K"."""
-    kind, sep, arg = spec.strip().partition(":")
-    kind = kind.strip().lower()
-    arg = arg.strip()
-    if kind == "iid" and not sep:
-        return PartitionSpec("iid")
-    if kind == "dirichlet":
-        if not sep:
-            return PartitionSpec("dirichlet", alpha=DEFAULT_ALPHA)
-        try:
-            alpha = float(arg)
-        except ValueError:
-            raise _bad_spec(spec) from None
-        if not (alpha > 0 and math.isfinite(alpha)):
-            raise _bad_spec(spec)
-        return PartitionSpec("dirichlet", alpha=alpha)
-    if kind == "classes" and sep:
-        try:
-            k = int(arg)
-        except ValueError:
-            raise _bad_spec(spec) from None
-        if k < 1:
-            raise _bad_spec(spec)
-        return PartitionSpec("classes", classes_per_client=k)
-    raise _bad_spec(spec)
 
 
 def partition_indices(
@@ -91,12 +47,12 @@ def partition_indices(
         parts = np.array_split(rng.permutation(n), num_clients)
     elif spec.kind == "dirichlet":
         if spec.alpha is None or not (spec.alpha > 0 and math.isfinite(spec.alpha)):
-            raise _bad_spec(str(spec))
+            raise bad_spec(str(spec))
         parts = _dirichlet(labels, num_clients, spec.alpha, num_classes, rng)
     elif spec.kind == "classes":
         parts = _by_classes(labels, num_clients, spec, num_classes, rng)
     else:
-        raise _bad_spec(spec.kind)
+        raise bad_spec(spec.kind)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 

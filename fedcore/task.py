@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from fedcore.config import RunConfig
-from fedcore.data import DataSplit, ImageSet, load_dataset
+from fedcore.data import DataSplit, ImageSet, load_dataset, load_train_labels
 from fedcore.partition import parse_partition, partition_indices
 
 
@@ -28,6 +30,18 @@ def load_split(cfg: RunConfig, log: Callable[[str], None] = print) -> DataSplit:
 
 
 _SPLITS: dict[tuple[object, ...], DataSplit] = {}
+
+
+def train_labels(cfg: RunConfig, log: Callable[[str], None] = print) -> np.ndarray:
+    """The training labels of `load_split(cfg)`, without its images when they are cached."""
+    return load_train_labels(
+        cfg.dataset,
+        Path(cfg.data_dir).expanduser() if cfg.data_dir else None,
+        seed=cfg.seed,
+        limit_train=cfg.limit_train or None,
+        download=True,
+        log=log,
+    )
 
 
 def client_share(cfg: RunConfig, split: DataSplit, partition_id: int, num_partitions: int) -> ImageSet:

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from fedcore.config import OPTIMIZERS, PRECISIONS, SCHEDULES, RunConfig, from_mapping, validate
 from fedcore.errors import UsageError
+from launcher.kinds import EXECUTORS
+from launcher.planning.placement import Placement
+from launcher.planning.plan import Plan
+from launcher.planning.prepare import (
+    LaunchOptions,
+    RemotePlan,
+    default_run_dir,
+    make_plan,
+    resume_data_dir,
+    utf8_path,
+)
 from launcher.planning.profiles import LAUNCHER_KEYS, describe_profiles, load_profile
 
 EXAMPLES = """\
@@ -54,6 +66,7 @@ CONFIG_FLAGS: dict[str, str] = {
 
 
 METAVARS = {int: "N", float: "X"}
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,7 +76,7 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see fedlaunch --help)")
 
 
-def number(kind: type) -> Any:
+def number(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             return kind(text)
@@ -95,10 +108,16 @@ def build_parser() -> Parser:
                      "saved settings (--rounds/--epochs may extend it)")
     run.add_argument("--port", type=number(int), default=None, metavar="N",
                      help="SuperLink port on 127.0.0.1 (default: a free one)")
-    run.add_argument("--clients-per-gpu", type=number(int), default=None, metavar="N",
-                     help="at most N clients on one GPU (default: as many as fit in its memory, "
-                     "with a warning when they may not)")
-    run.add_argument("--executor", choices=("warm", "stock"), default="warm",
+    run.add_argument("--workers", type=number(int), default=None, metavar="K",
+                     help="GPU worker processes that train the clients' tasks (default: one per "
+                     "client while they fit in GPU memory, or in max(4, 2 x cores) on the CPU); "
+                     "with fewer workers than clients, the clients are light Flower SuperNodes "
+                     "and any free worker trains any sampled client")
+    run.add_argument("--workers-per-gpu", "--clients-per-gpu", dest="clients_per_gpu",
+                     type=number(int), default=None, metavar="N",
+                     help="at most N worker processes on one GPU (--clients-per-gpu is the old "
+                     "name: it now counts workers; default: as many as fit in its memory)")
+    run.add_argument("--executor", choices=EXECUTORS, default="warm",
                      help="warm: one long-lived process per client keeps torch, the model and "
                      "data loaded (default); stock: Flower's new process per message")
     run.add_argument("--max-restarts", type=number(int), default=None,
@@ -136,9 +155,9 @@ def build_parser() -> Parser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, LaunchOptions]:
     """Defaults, then the profile, then explicit flags; returns the config and launcher options."""
-    launcher: dict[str, Any] = {"local": False, "gpus": None, "max-restarts": 3}
+    profiled: dict[str, Any] = {}
     cfg = RunConfig()
     if args.profile:
         where, values = load_profile(args.profile)
@@ -147,29 +166,50 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]
                 value = values.pop(key)
                 if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
                     raise UsageError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
-                launcher[key] = value
+                profiled[key] = value
         cfg = from_mapping(values, where, cfg)
     explicit = {key: getattr(args, key.replace("-", "_")) for key in CONFIG_FLAGS}
     explicit["augment"] = args.augment
     cfg = from_mapping({k: v for k, v in explicit.items() if v is not None}, "command line", cfg)
-    for key in ("local", "gpus", "max_restarts"):
-        value = getattr(args, key)
-        if value is not None:
-            launcher[key.replace("_", "-")] = value
-    if launcher["max-restarts"] < 0:
-        raise UsageError(f"--max-restarts must be 0 or more, got {launcher['max-restarts']}")
-    return validate(cfg), launcher
+    opts = launch_options(args, bool(profiled.get("local", False)), profiled.get("gpus"),
+                          int(profiled.get("max-restarts", 3)))
+    return validate(checked_seed(cfg)), opts
+
+
+def launch_options(args: argparse.Namespace, local: bool, gpus: str | None,
+                   max_restarts: int) -> LaunchOptions:
+    """Flags over the profile's launcher keys; the mode from --local, --join."""
+    local = args.local if args.local is not None else local
+    gpus = args.gpus if args.gpus is not None else gpus
+    max_restarts = args.max_restarts if args.max_restarts is not None else max_restarts
+    if max_restarts < 0:
+        raise UsageError(f"--max-restarts must be 0 or more, got {max_restarts}")
+    if local and (args.serve or args.join):
+        raise UsageError("--local trains on this machine alone; drop --serve/--join, or --local")
+    mode = "local" if local else "join" if args.join else "federated"
+    return LaunchOptions(
+        mode=mode, gpus=gpus, max_restarts=max_restarts, executor=args.executor, port=args.port,
+        clients_per_gpu=args.clients_per_gpu, workers=args.workers, dry_run=args.dry_run,
+        resume=bool(args.resume),
+        numbered=args.out is None and not args.resume,
+        # A join runs the server's data set: check the local copy only when --dataset names it.
+        check_data=not args.join or args.dataset is not None,
+    )
+
+
+def checked_seed(cfg: RunConfig) -> RunConfig:
+    """numpy and torch take seeds from 0 to 2**32 - 1, and reject others only mid-run."""
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise UsageError(f"--seed must be between 0 and {SEED_MAX}, got {cfg.seed}")
+    return cfg
 
 
 def run_folder(out: str | None) -> Path:
-    """The run folder: new, or empty; never an existing folder of someone else's files."""
+    """The run folder: new, or empty; never an existing folder of someone else's files. The
+    default runs/<timestamp> is claimed (with a suffix when taken) only at launch."""
     if out is None:
-        path = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-        suffix = 1
-        while path.exists():
-            path = path.with_name(f"{path.name.split('.')[0]}.{suffix}")
-            suffix += 1
-        return path.resolve()
+        return default_run_dir()
+    utf8_path(out, "--out")
     path = Path(out).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the run")
@@ -194,24 +234,24 @@ def partition_range(text: str | None, flag: str = "--partition-ids") -> range | 
     return range(start, stop)
 
 
-def network_plan(args: argparse.Namespace, cfg: RunConfig, run_dir: Path,
-                 opts: dict[str, Any]) -> tuple[int | None, Any]:
+def network_plan(args: argparse.Namespace,
+                 opts: LaunchOptions) -> tuple[int | None, RemotePlan | None]:
     """For --serve/--join: how many clients run here and the function that builds their plan."""
-    from launcher.network import remote
-
     ids = partition_range(args.partition_ids)
     certs = Path(args.certificates).expanduser().resolve() if args.certificates else None
     keys = Path(args.node_keys) if args.node_keys else None
     if args.serve and args.join:
         raise UsageError("--serve and --join exclude each other: one machine serves, others join")
+    if args.serve or args.join:
+        from launcher.network import remote  # cryptography: only for a run across machines
     if args.serve:
         address = remote.parse_address(args.serve, "--serve")
         local = ids or range(0)
 
-        def serve(cfg: RunConfig, placement: Any) -> Any:
+        def serve(cfg: RunConfig, run_dir: Path, placement: Placement) -> Plan:
             return remote.serve_plan(cfg, run_dir, placement, address, certs, args.insecure,
-                                     local_partitions=local, max_restarts=opts["max-restarts"],
-                                     executor=args.executor, node_keys=keys)
+                                     local_partitions=local, max_restarts=opts.max_restarts,
+                                     executor=opts.executor, node_keys=keys)
 
         return len(local), serve
     if args.join:
@@ -226,10 +266,11 @@ def network_plan(args: argparse.Namespace, cfg: RunConfig, run_dir: Path,
                              f"{args.num_partitions} (ids run from 0 to {args.num_partitions - 1})")
         ca = remote.root_ca(certs, Path(args.root_certificates) if args.root_certificates else None)
 
-        def join(cfg: RunConfig, placement: Any) -> Any:
-            return remote.join_plan(cfg, run_dir, placement, address, ids, args.num_partitions,
-                                    ca, args.insecure, max_restarts=opts["max-restarts"],
-                                    executor=args.executor, node_keys=keys)
+        def join(cfg: RunConfig, run_dir: Path, placement: Placement) -> Plan:
+            plan = remote.join_plan(cfg, run_dir, placement, address, ids, args.num_partitions,
+                                    ca, args.insecure, max_restarts=opts.max_restarts,
+                                    executor=opts.executor, node_keys=keys)
+            return own_data(plan, cfg.data_dir)
 
         return len(ids), join
     if (args.partition_ids or args.certificates or args.root_certificates or args.insecure
@@ -239,14 +280,28 @@ def network_plan(args: argparse.Namespace, cfg: RunConfig, run_dir: Path,
     return None, None
 
 
-RESUME_OVERRIDES = ("rounds", "epochs")
+def own_data(plan: Plan, data_dir: str) -> Plan:
+    """Joined clients read this machine's data folder (--data-dir, FEDLAUNCH_DATA_DIR or the
+    default cache), never the path in the server's run config (FEDLAUNCH_CLIENT_DATA_DIR)."""
+    from fedcore.data import default_data_dir
+
+    mine = str(Path(data_dir).expanduser().resolve()) if data_dir else str(default_data_dir())
+    specs = tuple(dataclasses.replace(s, env={**s.env, "FEDLAUNCH_CLIENT_DATA_DIR": mine})
+                  for s in plan.processes)
+    return dataclasses.replace(plan, processes=specs)
 
 
-def resume_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any], Path]:
+RESUME_OVERRIDES = ("rounds", "epochs", "data-dir")
+
+
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, LaunchOptions, Path]:
     """The saved settings of the run in --resume, with --rounds/--epochs allowed to extend it."""
-    from fedcore.rundir import RunDir
+    from fedcore.rundir import RunDir, refuse_symlinks
 
+    utf8_path(args.resume, "--resume")
     run_dir = Path(args.resume).expanduser().resolve()
+    if run_dir.is_dir():
+        refuse_symlinks(run_dir, f"--resume {args.resume}")
     if not (run_dir / "config.json").is_file():
         raise UsageError(f"--resume {args.resume}: not a fedlaunch run folder (no config.json)")
     if args.out or args.profile:
@@ -258,22 +313,26 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any], 
     fixed = [key for key in given if key not in RESUME_OVERRIDES]
     if fixed:
         raise UsageError(f"--resume uses the run's saved settings; drop --{', --'.join(fixed)} "
-                         "(only --rounds and --epochs may change)")
+                         "(only --rounds, --epochs and --data-dir may change)")
     try:
         saved = RunDir(run_dir).read_config()
     except (OSError, ValueError) as exc:
         raise UsageError(f"--resume {args.resume}: cannot read config.json ({exc})") from None
+    if isinstance(saved, dict) and saved.get("mode") == "join":
+        raise UsageError(f"--resume {args.resume}: a join run keeps nothing to resume; join again")
     if not isinstance(saved, dict) or saved.get("mode") not in ("federated", "local"):
         raise UsageError(f"--resume {args.resume}: config.json is not a fedlaunch run config")
     mode = saved.pop("mode")
     cfg = from_mapping(saved, f"{run_dir / 'config.json'}")
-    for key in RESUME_OVERRIDES:
+    for key in ("rounds", "epochs"):
         value = getattr(args, key)
         if value is not None:
             cfg = cfg.replace(**{key: value})
-    opts = {"local": mode == "local", "gpus": args.gpus,
-            "max-restarts": 3 if args.max_restarts is None else args.max_restarts}
-    return validate(cfg), opts, run_dir
+    # Paths of the machine (or the person) that wrote config.json are not reused as they stand.
+    cfg = cfg.replace(data_dir=resume_data_dir(cfg.data_dir, args.data_dir), progress_dir="",
+                      out_dir=str(run_dir))
+    opts = launch_options(args, mode == "local", None, 3)
+    return validate(checked_seed(cfg)), opts, run_dir
 
 
 def report_main(argv: list[str]) -> int:
@@ -321,14 +380,8 @@ def launch(argv: list[str]) -> int:
     else:
         cfg, opts = resolve_config(args)
         run_dir = run_folder(args.out)
-    from launcher.planning.prepare import make_plan
-
-    local_clients, remote = network_plan(args, cfg, run_dir, opts)
-    plan = make_plan(cfg, run_dir, local=opts["local"], gpus=opts["gpus"],
-                     max_restarts=opts["max-restarts"], dry_run=args.dry_run, port=args.port,
-                     executor=args.executor, resume=bool(args.resume),
-                     clients_per_gpu=args.clients_per_gpu, local_clients=local_clients,
-                     remote=remote)
+    local_clients, remote = network_plan(args, opts)
+    plan = make_plan(cfg, run_dir, opts, local_clients=local_clients, remote=remote)
     if args.dry_run:
         print(plan.describe())
         return 0

@@ -1,25 +1,52 @@
-"""Checks every input before anything starts, warms the data cache, and makes the Plan."""
+"""Checks every input before anything starts, claims the run folder, and makes the Plan."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from fedcore.catalog import check_model, check_strategy
 from fedcore.config import RunConfig
-from fedcore.data import DATASETS, SYNTHETIC_TRAIN
 from fedcore.errors import UsageError
-from fedcore.partition import parse_partition, partition_indices
-from fedcore.rundir import RunDir
-from fedcore.task import load_split
+from fedcore.partition_spec import parse_partition
+from fedcore.rundir import CONFIG, PROGRESS, RunDir, refuse_symlinks
+from launcher.kinds import Executor, RunMode
 from launcher.planning.gpus import Nvml
 from launcher.planning.placement import Placement, parse_gpus, plan_placement
 from launcher.planning.plan import Plan, federated_plan, local_plan, port_in_use
+from launcher.planning.pool import choose_workers
 
-# The most training images each data set can have: more clients than this can never get data.
-TRAIN_SIZES = {"cifar10": 50_000, "synthetic": SYNTHETIC_TRAIN}
+# The most training images each data set can have: more clients than this can never get data
+# (fedcore.data.SYNTHETIC_TRAIN; numpy is imported only when the data is checked).
+TRAIN_SIZES = {"cifar10": 50_000, "synthetic": 10_000}
+DATASETS = tuple(TRAIN_SIZES)
+# Built afresh at every launch: the Flower app, Flower's homes, the clients' progress files.
+REBUILT = ("app", "flwr", PROGRESS)
+
+RemotePlan = Callable[[RunConfig, Path, Placement], Plan]
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How to launch, beyond the run's settings (RunConfig): from flags, a profile or --resume."""
+
+    mode: RunMode = "federated"
+    gpus: str | None = None
+    max_restarts: int = 3
+    executor: Executor = "warm"
+    port: int | None = None
+    clients_per_gpu: int | None = None  # per worker process (--workers-per-gpu)
+    workers: int | None = None  # --workers: GPU worker processes (default: see planning.pool)
+    dry_run: bool = False
+    resume: bool = False
+    numbered: bool = False  # the run folder is runs/<timestamp>: take the next free name
+    check_data: bool = True  # a join without --dataset: the server's run names the data
 
 
 def say(text: str) -> None:
@@ -37,73 +64,162 @@ def client_footprint(model: str, batch_size: int) -> int:
     return base + max(0, batch_size - 128) * 4_000_000
 
 
+def default_run_dir() -> Path:
+    """runs/<timestamp> under the working folder (claimed, with a suffix if taken, at launch)."""
+    return (Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+
+
+def utf8_path(path: Path | str, what: str) -> None:
+    """Paths end up in TOML and JSON files, which hold only UTF-8: refuse any other name."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {os.fsencode(path)!r} is not valid UTF-8; "
+                         "rename it or choose another") from None
+
+
 def make_plan(
     cfg: RunConfig,
     run_dir: Path,
+    opts: LaunchOptions,
     *,
-    local: bool,
-    gpus: str | None,
-    max_restarts: int = 3,
-    dry_run: bool = False,
     nvml: Nvml | None = None,
-    port: int | None = None,
-    executor: str = "warm",
-    resume: bool = False,
-    clients_per_gpu: int | None = None,
     local_clients: int | None = None,
-    remote: Callable[[RunConfig, Placement], Plan] | None = None,
+    remote: RemotePlan | None = None,
 ) -> Plan:
-    """Validate names and data, place clients on GPUs, write config.json; raise UsageError.
+    """Validate names and data, place clients on GPUs, claim the run folder and write its
+    config.json; raise UsageError (leaving nothing behind).
 
     `local_clients` places fewer clients than cfg.clients here (--serve, --join), and
-    `remote` builds their plan from the config and the placement.
+    `remote` builds their plan from the config, the run folder and the placement.
     """
+    local, join = opts.mode == "local", opts.mode == "join"
+    utf8_path(run_dir, "the run folder")
+    if cfg.data_dir:
+        utf8_path(cfg.data_dir, "--data-dir")
     check_model(cfg.model)
     if cfg.dataset not in DATASETS:
         raise UsageError(f"unknown --dataset '{cfg.dataset}': use one of {', '.join(DATASETS)}")
-    if not local:
+    if not local and not join:
+        parse_partition(cfg.partition)
         check_strategy(cfg.strategy)
-        spec = parse_partition(cfg.partition)
         most = min(TRAIN_SIZES[cfg.dataset], cfg.limit_train or TRAIN_SIZES[cfg.dataset])
         if cfg.clients > most:
             raise UsageError(f"--clients {cfg.clients} is more than the {most} training samples; "
                              "use fewer clients or a larger --limit-train")
+    port = opts.port
     if port is not None and not 1 <= port <= 65535:
         raise UsageError(f"--port must be between 1 and 65535, got {port}")
     if port is not None and port_in_use(port):
         raise UsageError(f"--port {port} is already in use on 127.0.0.1; choose another or leave "
                          "--port out to take a free one")
-    request = parse_gpus(gpus)
+    request = parse_gpus(opts.gpus)
     nvml = nvml or Nvml()
     here = 1 if local else cfg.clients if local_clients is None else local_clients
+    choice = None
+    if opts.mode == "federated" and remote is None and opts.executor == "warm":
+        seen = plan_placement(max(here, 1), request, nvml)  # which GPUs, how much is free
+        choice = choose_workers(here, opts.workers, seen.gpus,
+                                client_footprint(cfg.model, cfg.batch_size), opts.clients_per_gpu)
+        here = choice.workers
+    elif opts.workers is not None:
+        raise UsageError("--workers goes with a federated run of this machine's clients and the "
+                         "warm executor (not --local, --serve, --join or --executor stock)")
     placement = plan_placement(max(here, 1), request, nvml,
                                per_client_bytes=client_footprint(cfg.model, cfg.batch_size),
-                               clients_per_gpu=clients_per_gpu)
+                               clients_per_gpu=opts.clients_per_gpu)
     if here == 0:  # --serve with every client on other machines: the GPUs are the server's
         placement = dataclasses.replace(placement, client_gpu=())
-    if dry_run:
+
+    def build(cfg: RunConfig, run_dir: Path) -> Plan:
         if remote is not None:
-            return remote(cfg, placement)
-        return local_plan(cfg, run_dir, placement) if local else federated_plan(
-            cfg, run_dir, placement, max_restarts=max_restarts, superlink_port=port,
-            executor=executor)
-    split = load_split(cfg, log=say)
-    if not local:
-        partition_indices(split.train.labels, cfg.clients, spec, cfg.seed,
-                          num_classes=len(split.classes))
+            return remote(cfg, run_dir, placement)
+        if local:
+            return local_plan(cfg, run_dir, placement)
+        return federated_plan(cfg, run_dir, placement, max_restarts=opts.max_restarts,
+                              superlink_port=port, executor=opts.executor,
+                              workers=choice.workers if choice else None,
+                              workers_why=choice.why if choice else "")
+
+    if opts.dry_run:
+        return build(cfg, run_dir)
+    if opts.check_data:
+        check_data(cfg, opts.mode)
     data_dir = str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else ""
-    cfg = cfg.replace(out_dir=str(run_dir), data_dir=data_dir)
-    try:
-        run = RunDir(run_dir).create()
-        run.write_config({"mode": "local" if local else "federated", **cfg.to_json()})
-    except OSError as exc:
-        raise UsageError(f"cannot create the run folder {run_dir} ({exc.strerror}): "
-                         "choose another --out") from None
-    if local:
-        plan = local_plan(cfg, run_dir, placement)
-    elif remote is not None:
-        plan = remote(cfg, placement)
+    if opts.resume:
+        prepare_resume(run_dir)
+        claimed = run_dir
     else:
-        plan = federated_plan(cfg, run_dir, placement, max_restarts=max_restarts,
-                              superlink_port=port, executor=executor)
-    return dataclasses.replace(plan, resumed=resume)
+        claimed = claim_run_dir(run_dir, opts.numbered)
+    try:
+        cfg = cfg.replace(out_dir=str(claimed), data_dir=data_dir, progress_dir="")
+        RunDir(claimed).write_config({"mode": opts.mode, **cfg.to_json()})
+        plan = build(cfg, claimed)
+    except BaseException:
+        if not opts.resume:
+            shutil.rmtree(claimed, ignore_errors=True)
+        raise
+    return dataclasses.replace(plan, resumed=opts.resume)
+
+
+def check_data(cfg: RunConfig, mode: RunMode) -> None:
+    """The data is there and readable, and the partition gives every client some: checked on
+    the training labels alone (read from their cache; the images stay for the clients)."""
+    from fedcore.partition import partition_indices
+    from fedcore.task import train_labels
+
+    labels = train_labels(cfg, log=say)
+    if mode == "federated":
+        partition_indices(labels, cfg.clients, parse_partition(cfg.partition), cfg.seed,
+                          num_classes=10)
+
+
+def claim_run_dir(path: Path, numbered: bool) -> Path:
+    """Create the run folder and its config.json exclusively, so that two launches never share
+    one: a numbered folder (runs/<timestamp>) moves on to the next free name, a chosen --out
+    that another launch took in the meantime is a UsageError."""
+    first = path
+    for suffix in range(1, 10_000):
+        try:
+            path.mkdir(parents=True, exist_ok=not numbered)
+            fd = os.open(path / CONFIG, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            if numbered:
+                path = first.with_name(f"{first.name}.{suffix}")
+                continue
+            raise UsageError(f"--out {path} already holds a fedlaunch run; choose another --out") from None
+        except OSError as exc:
+            raise UsageError(f"cannot create the run folder {path} ({exc.strerror}): "
+                             "choose another --out") from None
+        os.close(fd)
+        return path
+    raise UsageError(f"no free run folder name beside {first}; give --out")
+
+
+def prepare_resume(run_dir: Path) -> None:
+    """A run folder to continue may come from someone else: no symlinks in it, and what fedlaunch
+    builds at each launch (the Flower app, Flower's homes, progress files) is made afresh."""
+    refuse_symlinks(run_dir, f"--resume {run_dir}")
+    for name in REBUILT:
+        target = run_dir / name
+        try:
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        except OSError as exc:
+            raise UsageError(f"--resume {run_dir}: cannot clear {name}/ ({exc.strerror})") from None
+
+
+def resume_data_dir(saved: str, given: str | None) -> str:
+    """The data folder of a resumed run: the one given now, else this machine's default (a
+    saved absolute path from another machine, or from someone else's config.json, is not
+    read or written without being asked for)."""
+    if given:
+        return given
+    if saved:
+        from fedcore.data import default_data_dir
+
+        say(f"--resume: not reusing the saved data folder {saved}; using {default_data_dir()} "
+            "(give --data-dir to choose)")
+    return ""

@@ -1,0 +1,16 @@
+"""The closed sets of names the launcher passes around: run modes and process roles."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# federated: SuperLink and clients here; local: one trainer, no federation; join: clients only,
+# joined to a SuperLink elsewhere (whose run decides model, data and rounds).
+RunMode = Literal["federated", "local", "join"]
+# What a supervised process is: launcher.supervision.roles says when it starts and what its exit means.
+ProcessRole = Literal["superlink", "gateway", "supernode", "submit", "local"]
+Executor = Literal["warm", "stock"]
+
+RUN_MODES: tuple[RunMode, ...] = get_args(RunMode)
+PROCESS_ROLES: tuple[ProcessRole, ...] = get_args(ProcessRole)
+EXECUTORS: tuple[Executor, ...] = get_args(Executor)
