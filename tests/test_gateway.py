@@ -56,7 +56,7 @@ async def call(app: FleetGateway, method: str, path: str, body: bytes = b"") -> 
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Any) -> None:
         sent.append(dict(message))
 
     scope = {"type": "http", "method": method, "path": path, "headers": [], "scheme": "https",

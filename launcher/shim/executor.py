@@ -20,6 +20,7 @@ from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
+from launcher.network.bundlecheck import BundleRefused, check_bundle, installed_manifest
 from launcher.shim import flwr_internals as fi
 
 POLL = 0.05
@@ -30,13 +31,16 @@ class Executor:
     """Claims tasks from one SuperNode's runtime API and runs them, one at a time."""
 
     def __init__(self, runtime_address: str, log: Callable[..., None],
-                 worth_retrying: Callable[[], bool] = lambda: True) -> None:
+                 worth_retrying: Callable[[], bool] = lambda: True,
+                 secret: bytes | None = None) -> None:
         self.address = runtime_address
         self.log = log
         self.worth_retrying = worth_retrying
+        self.secret = secret  # the SuperExec shared secret: AcquireTask is signed with it
         self.apps: dict[str, Any] = {}
         self.app_dir: Path | None = None
         self.stopping = False
+        self.trusted = installed_manifest()  # before any app folder is on sys.path
         self._acquirer = self._client(component="SuperExec")
 
     def _client(self, component: str, token: str | None = None) -> Any:
@@ -44,6 +48,12 @@ class Executor:
             component_name=component)]
         if token is not None:
             interceptors.append(fi.get("flwr.supercore.interceptors", "RuntimeTokenHttpInterceptor")(token))
+        if component == "SuperExec" and self.secret is not None:
+            # as flower-superexec signs it (flwr/supercore/superexec/run_superexec.py)
+            from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor
+
+            interceptors.append(SuperExecAuthHttpInterceptor(
+                master_secret=self.secret, protected_methods={"/flwr.proto.Runtime/AcquireTask"}))
         retry = fi.get("flwr.supercore.retry", "make_simple_http_retry_invoker")()
         giveup = retry.should_giveup
         # Flower retries a silent runtime API forever; stop once the SuperNode or launcher is gone.
@@ -74,6 +84,15 @@ class Executor:
                 "flwr.supernode.runtime.run_clientapp", "pull_task_input")(client)
             reply = self._app(run, fab)(message=message, context=context)
             sub_status, details = status.COMPLETED, ""
+        except BundleRefused as exc:
+            self.log(ERROR, "[fedlaunch] refused the run's app bundle: %s. This client runs only "
+                     "the fedcore installed here; the task fails", exc)
+            details = f"fedlaunch refused the app bundle: {exc}"
+            if message is not None:
+                from flwr.app import Error, Message
+
+                code = fi.get("flwr.common.constant", "ErrorCode").INVALID_FAB
+                reply = Message(Error(code=code, reason=details), reply_to=message)
         except Exception as exc:  # noqa: BLE001 - reported to the server as the task's error
             self.log(ERROR, "ClientApp raised an exception", exc_info=exc)
             details = f"{type(exc)}:<'{exc}'>"
@@ -97,6 +116,7 @@ class Executor:
         """The ClientApp of this FAB, loaded once; a new FAB gets its own fresh modules."""
         key = fab.hash_str
         if key not in self.apps:
+            check_bundle(fab.content, self.trusted)  # before a byte of it is written or imported
             started = time.perf_counter()
             app_dir = fi.get("flwr.common.config", "get_project_dir")(
                 run.fab_id, run.fab_version, key)
@@ -147,12 +167,17 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--node-config", required=True)
     parser.add_argument("--runtime-port", type=int, required=True)
     parser.add_argument("--poll", type=float, default=POLL)
+    parser.add_argument("--superexec-auth-secret-file",
+                        help="the SuperExec shared secret; given to the SuperNode too")
     return parser.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args, supernode_extra = parse_args(argv)
     address = f"127.0.0.1:{args.runtime_port}"
+    secret = Path(args.superexec_auth_secret_file).read_bytes() if args.superexec_auth_secret_file else None
+    if args.superexec_auth_secret_file:
+        supernode_extra += ["--superexec-auth-secret-file", args.superexec_auth_secret_file]
     supernode = subprocess.Popen([
         sys.executable, "-m", "launcher.shim.supernode", "--superlink", args.superlink,
         "--node-config", args.node_config, "--isolation", "process",
@@ -166,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     fast_object_pulls()
     launcher = os.getppid()
     executor = Executor(address, log, worth_retrying=lambda: supernode.poll() is None
-                        and os.getppid() == launcher)
+                        and os.getppid() == launcher, secret=secret)
 
     def stop(signum: int, _frame: object) -> None:
         executor.stopping = True
