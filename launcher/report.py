@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedcore.errors import UsageError
+from fedcore.rundir import read_jsonl, refuse_symlinks
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -74,25 +75,37 @@ def _read_json(path: Path, run_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path.name} in {run_dir} is not valid JSON ({exc})") from exc
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path.name} in {run_dir} ({exc.strerror})") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        reason = str(exc).splitlines()[0][:120]
+        raise UsageError(f"{path.name} in {run_dir} is not valid UTF-8 JSON ({reason})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path.name} in {run_dir} is not a JSON object")
     return data
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON object line; a torn or foreign line is skipped."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+def _read_metrics(path: Path, run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete JSON object line (a torn or foreign line is skipped); a file that is not
+    UTF-8 text is a UsageError, not a run with no rounds."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {METRICS} in {run_dir} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{METRICS} in {run_dir} is not UTF-8 text (byte {exc.start}); "
+                         "it is not a fedlaunch metrics file") from None
+    return list(read_jsonl(path))
+
+
+def _number(record: dict[str, Any], key: str, default: float | None, where: str) -> float:
+    """A record's numeric field; a string, a list or a bool there is a UsageError naming it."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{where}: a '{record.get('event')}' record has {key}={value!r}, "
+                         "not a number; is this a fedlaunch run folder?")
+    return float(value)
 
 
 def load_run(run_dir: Path) -> RunCurves:
@@ -100,10 +113,11 @@ def load_run(run_dir: Path) -> RunCurves:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"not a fedlaunch run folder: {run_dir} (no such folder)")
+    refuse_symlinks(run_dir, "report")
     metrics_path = run_dir / METRICS
     if not metrics_path.is_file():
         raise UsageError(f"not a fedlaunch run folder: {run_dir} (no {METRICS})")
-    records = _read_metrics(metrics_path)
+    records = _read_metrics(metrics_path, run_dir)
     summary = _read_json(run_dir / SUMMARY, run_dir) or {}
     declared = summary.get("mode") or next((r["mode"] for r in records if r.get("mode")), None)
     has_epochs = any(r.get("event") == "epoch" for r in records)
@@ -114,12 +128,18 @@ def load_run(run_dir: Path) -> RunCurves:
         unit = "epoch" if has_epochs else "round"
         ends = [r for r in records if r.get("event") == unit and "accuracy" in r]
     model = summary.get("model") or next((r["model"] for r in records if r.get("model")), "?")
-    images = [float(r.get("train_images", r.get(unit, n + 1))) for n, r in enumerate(ends)]
+    where = str(metrics_path)
+    for n, r in enumerate(ends):
+        for key, default in (("accuracy", None), ("loss", float("nan")), ("seconds", 0.0),
+                             ("train_images", 0.0), (unit, float(n + 1))):
+            _number(r, key, default, where)
+    images = [_number(r, "train_images", _number(r, unit, n + 1, where), where)
+              for n, r in enumerate(ends)]
     partitions = _read_json(run_dir / PARTITIONS, run_dir) if mode == "federated" else None
     return RunCurves(
         path=run_dir, mode=mode, model=str(model), images=images,
-        accuracy=[float(r["accuracy"]) for r in ends],
-        loss=[float(r.get("loss", float("nan"))) for r in ends],
+        accuracy=[_number(r, "accuracy", None, where) for r in ends],
+        loss=[_number(r, "loss", float("nan"), where) for r in ends],
         summary={**_derived_summary(ends, unit), **summary}, partitions=partitions,
     )
 
@@ -149,7 +169,7 @@ def table_row(run: RunCurves) -> ReportRow:
 
     return ReportRow(
         run=run.name, mode=run.mode, model=run.model,
-        completed=int(s.get(f"{run.unit}s_completed") or 0),
+        completed=int(number(f"{run.unit}s_completed") or 0),
         final_accuracy=number("final_accuracy"), best_accuracy=number("best_accuracy"),
         wall_seconds=number("wall_seconds"), images_per_second=number("train_images_per_second"),
     )
@@ -185,6 +205,10 @@ def plot_partitions(run: RunCurves) -> Path | None:
     counts = stats.get("label_counts") if stats else None
     if not stats or not isinstance(counts, list) or not counts:
         return None
+    whole = [isinstance(row, list) and all(type(v) is int for v in row) for row in counts]
+    if not all(whole) or len({len(row) for row in counts}) != 1:
+        raise UsageError(f"{PARTITIONS} in {run.path}: label_counts is not a table of whole "
+                         "numbers; is this a fedlaunch run folder?")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -118,7 +118,11 @@ async def register(flwr: str, federation: str, keys: list[str], env: dict[str, s
             start_new_session=True)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except (TimeoutError, asyncio.CancelledError):
+        except TimeoutError:  # a failed registration like any other: one line, a summary
+            proc.kill()
+            await proc.wait()
+            return key, None, f"no answer from the SuperLink in {timeout:.0f} s"
+        except asyncio.CancelledError:
             proc.kill()
             await proc.wait()
             raise

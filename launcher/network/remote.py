@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from launcher.network import nodeauth
 from launcher.network.certs import CertPaths, covers, server_names
+from launcher.planning.bundle import toml_string
 from launcher.planning.placement import Placement, client_env
 from launcher.planning.plan import (
     FEDERATION,
@@ -268,7 +268,7 @@ def join_plan(
     if insecure and not address.loopback:
         warnings.append(insecure_warning(address, "clients connect to"))
     extra = ("--max-wait-time", str(connect_timeout)) if connect_timeout is not None else ()
-    progress = json.dumps(str(run_dir / "progress"))
+    progress = toml_string(str(run_dir / "progress"))  # Flower's node-config parser takes TOML
     threads = cpu_threads(len(partition_ids))
     specs = tuple(
         client_spec(run_dir, partition_id,

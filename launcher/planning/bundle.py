@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,18 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    return json.dumps(str(value))
+    return toml_string(str(value))
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string holding `text` exactly (a path with quotes, backslashes, newlines or
+    emoji). Quotes are written as \\u0022, so the string also survives Flower's `key="value"`
+    node-config parser, which ends a value at the first quote."""
+    escaped = "".join(
+        "\\\\" if ch == "\\" else
+        f"\\u{ord(ch):04x}" if ch == '"' or ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+        for ch in text)
+    return f'"{escaped}"'
 
 
 def toml_table(values: dict[str, Any]) -> str:
@@ -56,7 +66,7 @@ def make_app(folder: Path, cfg: RunConfig) -> Path:
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     config = toml_table(cfg.to_run_config())
-    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(config=config))
+    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(config=config), encoding="utf-8")
     return folder
 
 
@@ -69,8 +79,8 @@ def write_flwr_config(flwr_home: Path, address: str, root_certificates: Path | N
     """
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    tls = (f"root-certificates = {json.dumps(str(root_certificates.resolve()))}\n"
+    tls = (f"root-certificates = {toml_string(str(root_certificates.resolve()))}\n"
            if root_certificates is not None else "insecure = true\n")
     path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
-                    f"address = {json.dumps(address)}\n{tls}")
+                    f"address = {toml_string(address)}\n{tls}", encoding="utf-8")
     return path

@@ -146,6 +146,7 @@ def make_plan(
     if opts.check_data:
         check_data(cfg, opts.mode)
     data_dir = str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else ""
+    existed = run_dir.is_dir()  # an empty --out the user made: keep it if the launch fails
     if opts.resume:
         prepare_resume(run_dir)
         claimed = run_dir
@@ -157,7 +158,7 @@ def make_plan(
         plan = build(cfg, claimed)
     except BaseException:
         if not opts.resume:
-            shutil.rmtree(claimed, ignore_errors=True)
+            forget(claimed, keep_folder=existed and claimed == run_dir)
         raise
     return dataclasses.replace(plan, resumed=opts.resume)
 
@@ -194,6 +195,15 @@ def claim_run_dir(path: Path, numbered: bool) -> Path:
         os.close(fd)
         return path
     raise UsageError(f"no free run folder name beside {first}; give --out")
+
+
+def forget(run_dir: Path, keep_folder: bool) -> None:
+    """Undo a claim whose launch failed before anything ran: nothing is left behind."""
+    if keep_folder:
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def prepare_resume(run_dir: Path) -> None:

@@ -23,9 +23,12 @@ def profile_text(name_or_path: str) -> tuple[str, str]:
     path = Path(name_or_path).expanduser()
     if name_or_path.endswith(".toml") or path.exists():
         try:
-            return str(path), path.read_text()
+            return str(path), path.read_bytes().decode("utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read profile {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"profile {path} is not UTF-8 text (byte {exc.start}); "
+                             "TOML files are UTF-8") from None
     entry = resources.files("profiles") / f"{name_or_path}.toml"
     if not entry.is_file():
         raise UsageError(
