@@ -115,7 +115,8 @@ class Supervisor:
         if self.watchdog is not None:
             self.watchdog.start()
         self._announce(started)
-        reason, code, failed, tail = "completed", EXIT_OK, None, ()
+        reason, code, failed = "completed", EXIT_OK, None
+        tail: tuple[str, ...] = ()
         try:
             self._prepare()
             await self._start_all()
@@ -279,8 +280,8 @@ class Supervisor:
         ))
         if spec.client is not None:
             self.departures.died(spec.client)
-            state = "restarting" if again else "failed"
-            self.bus.publish(ClientProgress(client=spec.client, state=state, gpu=spec.gpu))
+            self.bus.publish(ClientProgress(client=spec.client, gpu=spec.gpu,
+                                            state="restarting" if again else "failed"))
         if again:
             self.restarts[name] = used + 1
             self.bus.publish(Notice("warning", f"{name} exited with code {proc.returncode}; "
