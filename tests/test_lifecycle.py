@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher.events import EventBus, RoundFinished, RunFinished, RunStarted
+from launcher.events import Event, EventBus, RoundFinished, RunFinished, RunStarted
 from launcher.supervision.headless import FinalLine, HeadlessPrinter
 from launcher.supervision.watchdog import TOKEN_VAR, Watchdog, carries
 from launcher.tui.app import FedlaunchApp
@@ -34,7 +34,9 @@ from launcher.supervision.watchdog import Watchdog
 dog = Watchdog()
 dog.start()
 env = {**os.environ, **dog.env}
-inner = "import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True); print(g.pid, flush=True); time.sleep(600)"
+inner = ("import subprocess, sys, time; "
+         "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+         "start_new_session=True); print(g.pid, flush=True); time.sleep(600)")
 child = subprocess.Popen([sys.executable, "-c", inner], env=env, stdout=subprocess.PIPE, text=True,
                          start_new_session=True)
 grandchild = child.stdout.readline().strip()
@@ -181,7 +183,7 @@ async def test_a_single_q_mid_run_stops_and_stays_on_the_summary() -> None:
 
 
 def test_the_final_line_after_the_tui_is_the_one_headless_prints() -> None:
-    events = [RunStarted("r", "federated", "cnn", "synthetic", "iid", 3, 2, "/tmp/r", 0.0, {}),
+    events: list[Event] = [RunStarted("r", "federated", "cnn", "synthetic", "iid", 3, 2, "/tmp/r", 0.0, {}),
               RunFinished("failed", 1, {"rounds_completed": 2, "final_accuracy": 0.25,
                                         "best_accuracy": 0.3, "wall_seconds": 12.5},
                           "superlink", ("boom",))]
