@@ -109,7 +109,7 @@ class HeadlessPrinter:
         try:
             self.stream.write(text + "\n")
             self.stream.flush()
-        except (BrokenPipeError, ValueError):
+        except (OSError, ValueError):  # a closed pipe, or a terminal gone (SIGHUP follows)
             pass
 
 
