@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,8 @@ from launcher.planning.prepare import (
     default_run_dir,
     make_plan,
     resume_data_dir,
+    trusted_folder,
+    trusted_path,
     utf8_path,
 )
 from launcher.planning.profiles import LAUNCHER_KEYS, describe_profiles, load_profile
@@ -244,6 +248,14 @@ def network_plan(args: argparse.Namespace,
         raise UsageError("--serve and --join exclude each other: one machine serves, others join")
     if args.serve or args.join:
         from launcher.network import remote  # cryptography: only for a run across machines
+
+        for folder, flag in ((certs, "--certificates"), (keys, "--node-keys")):
+            if folder is not None:
+                trusted_folder(folder.expanduser().resolve(), flag)
+        if args.root_certificates:
+            ca_file = Path(args.root_certificates).expanduser().resolve()
+            trusted_path(ca_file.parent, "--root-certificates")
+            trusted_path(ca_file, "--root-certificates")
     if args.serve:
         address = remote.parse_address(args.serve, "--serve")
         local = ids or range(0)
@@ -352,7 +364,16 @@ def report_main(argv: list[str]) -> int:
     return 0
 
 
+def record_modules_at_exit() -> None:
+    """FEDLAUNCH_MODULES_FILE=PATH: write the launcher's loaded modules there when it exits
+    (tests/test_layers.py checks that torch and flwr never load in the launcher)."""
+    target = os.environ.get("FEDLAUNCH_MODULES_FILE")
+    if target:
+        atexit.register(lambda: Path(target).write_text("\n".join(sorted(sys.modules)) + "\n"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    record_modules_at_exit()
     args_list = sys.argv[1:] if argv is None else argv
     try:
         if args_list[:1] == ["report"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,33 @@ def utf8_path(path: Path | str, what: str) -> None:
     except UnicodeDecodeError:
         raise UsageError(f"{what} {os.fsencode(path)!r} is not valid UTF-8; "
                          "rename it or choose another") from None
+
+
+def trusted_path(path: Path, flag: str) -> None:
+    """Certificates and node keys decide who may join a run: refuse a folder or file that another
+    user owns, or that others may write (they could swap the CA or a key)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # missing: the check that needs it names it
+    if st.st_uid != os.geteuid():
+        raise UsageError(f"{flag} {path} belongs to another user (uid {st.st_uid}); use a copy "
+                         "of your own")
+    sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX  # /tmp: others cannot swap files
+    if st.st_mode & 0o022 and not sticky:
+        raise UsageError(f"{flag} {path} is writable by others (mode {st.st_mode & 0o777:o}); "
+                         f"run chmod go-w {path}")
+
+
+def trusted_folder(folder: Path, flag: str) -> None:
+    """`folder` and everything directly in it (and in its nodes/ folder of node keys)."""
+    trusted_path(folder, flag)
+    for inner in (folder, folder / "nodes"):
+        if inner.is_dir() and not inner.is_symlink():
+            trusted_path(inner, flag)
+            for child in sorted(inner.iterdir()):
+                if child.is_file():
+                    trusted_path(child, flag)
 
 
 def make_plan(
