@@ -52,6 +52,11 @@ def client_state(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clie
     cfg = own_data(cfg)
     key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, cfg.seed,
            cfg.partition, cfg.model, cfg.augment, partition_id, num_partitions)
+    if os.environ.get("FEDLAUNCH_SHARED_DATA"):  # a pool worker: one data set, many clients
+        from fedcore.shared_data import client_view
+
+        shared, view = client_view(cfg, partition_id, num_partitions)
+        return ClientState(key, shared.device, shared.model, view, shared.test)
     state = _STATE.get("client")
     if state is None or state.key != key:
         device = pick_device()

@@ -122,6 +122,27 @@ class GpuStats:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """One pool worker as the client host last reported it (pool.json)."""
+
+    name: str
+    gpu: str  # the CUDA_VISIBLE_DEVICES it was given ("cpu" without a GPU)
+    state: str  # "connecting", "idle", "starting", "training", "evaluating"
+    client: int | None  # the client whose task it runs now
+    images_per_s: float
+    tasks: int
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """The worker pool now: its workers and the clients whose tasks wait for one."""
+
+    workers: tuple[WorkerInfo, ...]
+    queued: tuple[int, ...] = ()
+    failed_clients: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Notice:
     """Something the user should read: a warning or a state change."""
 
@@ -149,6 +170,7 @@ Event = (
     | RoundStarted
     | RoundFinished
     | GpuStats
+    | PoolStats
     | Notice
     | RunFinished
 )

@@ -1,41 +1,86 @@
 """Every piece of Flower's internal (non-public) API fedlaunch uses, in one place, checked by name.
 
-The warm executor and the prompt SuperNode reach below Flower's public API. These names are
-stable within the pinned flwr range; `missing()` lists any a flwr upgrade has moved, and a test
-fails on it, naming the symbol.
+The warm executor, the pool's endpoints and workers, and the prompt SuperNode reach below
+Flower's public API. Each internal is a typed attribute of this module, looked up once on first
+use (`fi.RuntimeHttpClient`); `get(module, name)` is the older spelling of the same lookup.
+`missing()` lists any a flwr upgrade has moved, and tests/test_flwr_internals.py fails on it,
+naming the symbol; that test also pins the keyword arguments and the sleeps the code relies on.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# (module, attribute) pairs the executor and the SuperNode wrapper use.
-REQUIRED: tuple[tuple[str, str], ...] = (
-    ("flwr.cli.install", "install_from_fab"),
-    ("flwr.clientapp.utils", "get_load_client_app_fn"),
-    ("flwr.common.config", "get_project_dir"),
-    ("flwr.common.constant", "ErrorCode"),
-    ("flwr.common.constant", "SubStatus"),
-    ("flwr.proto.runtime_pb2", "AcquireTaskRequest"),
-    ("flwr.supercore.constant", "TaskType"),
-    ("flwr.supercore.heartbeat", "HeartbeatSender"),
-    ("flwr.supercore.heartbeat", "make_task_heartbeat_fn_http"),
-    ("flwr.supercore.interceptors", "RuntimeTokenHttpInterceptor"),
-    ("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor"),
-    ("flwr.supercore.retry", "make_simple_http_retry_invoker"),
-    ("flwr.supercore.runtime", "RuntimeHttpClient"),
-    ("flwr.supernode.runtime.run_clientapp", "pull_task_input"),
-    ("flwr.supernode.runtime.run_clientapp", "push_message"),
-    ("flwr.supernode.runtime.run_clientapp", "push_task_output"),
-    ("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree"),
-    ("flwr.supernode.start_client_internal", "time"),
-    ("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState"),
-    ("flwr.supernode.fleet_http_client", "FleetHttpClient"),
-    ("flwr.supernode.cli.flower_supernode", "flower_supernode"),
-    ("flwr.supernode.start_client_internal", "pull_objects"),
-    ("flwr.superlink.grid.http_grid", "pull_objects"),
-)
+if TYPE_CHECKING:  # the types mypy sees; at run time each is looked up on first use
+    from collections.abc import Callable
+    from types import ModuleType
+
+    from flwr.cli.install import install_from_fab as install_from_fab
+    from flwr.clientapp.utils import get_load_client_app_fn as get_load_client_app_fn
+    from flwr.common.config import get_project_dir as get_project_dir
+    from flwr.common.constant import ErrorCode as ErrorCode
+    from flwr.common.constant import SubStatus as SubStatus
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest as AcquireTaskRequest
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest as SendTaskHeartbeatRequest
+    from flwr.supercore.constant import TaskType as TaskType
+    from flwr.supercore.heartbeat import HeartbeatSender as HeartbeatSender
+    from flwr.supercore.heartbeat import make_task_heartbeat_fn_http as make_task_heartbeat_fn_http
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor as RuntimeTokenHttpInterceptor
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor as RuntimeVersionHttpInterceptor
+    from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor as SuperExecAuthHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker as make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient as RuntimeHttpClient
+    from flwr.supernode.cli.flower_supernode import flower_supernode as flower_supernode
+    from flwr.supernode.fleet_http_client import FleetHttpClient as FleetHttpClient
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState as InMemoryNodeState
+    from flwr.supernode.runtime.run_clientapp import (
+        pull_and_inflate_object_from_tree as pull_and_inflate_object_from_tree,
+    )
+    from flwr.supernode.runtime.run_clientapp import pull_task_input as pull_task_input
+    from flwr.supernode.runtime.run_clientapp import push_message as push_message
+    from flwr.supernode.runtime.run_clientapp import push_task_output as push_task_output
+
+    push_messages: Callable[..., None]  # flwr.supernode.start_client_internal._push_messages
+    supernode_time: ModuleType  # the `time` module flwr's SuperNode loop sleeps with
+
+# attribute of this module -> (flwr module, its attribute)
+NAMES: dict[str, tuple[str, str]] = {
+    "install_from_fab": ("flwr.cli.install", "install_from_fab"),
+    "get_load_client_app_fn": ("flwr.clientapp.utils", "get_load_client_app_fn"),
+    "get_project_dir": ("flwr.common.config", "get_project_dir"),
+    "ErrorCode": ("flwr.common.constant", "ErrorCode"),
+    "SubStatus": ("flwr.common.constant", "SubStatus"),
+    "AcquireTaskRequest": ("flwr.proto.runtime_pb2", "AcquireTaskRequest"),
+    "SendTaskHeartbeatRequest": ("flwr.proto.runtime_pb2", "SendTaskHeartbeatRequest"),
+    "TaskType": ("flwr.supercore.constant", "TaskType"),
+    "HeartbeatSender": ("flwr.supercore.heartbeat", "HeartbeatSender"),
+    "make_task_heartbeat_fn_http": ("flwr.supercore.heartbeat", "make_task_heartbeat_fn_http"),
+    "RuntimeTokenHttpInterceptor": ("flwr.supercore.interceptors", "RuntimeTokenHttpInterceptor"),
+    "RuntimeVersionHttpInterceptor": ("flwr.supercore.interceptors",
+                                      "RuntimeVersionHttpInterceptor"),
+    "SuperExecAuthHttpInterceptor": ("flwr.supercore.interceptors", "SuperExecAuthHttpInterceptor"),
+    "make_simple_http_retry_invoker": ("flwr.supercore.retry", "make_simple_http_retry_invoker"),
+    "RuntimeHttpClient": ("flwr.supercore.runtime", "RuntimeHttpClient"),
+    "pull_task_input": ("flwr.supernode.runtime.run_clientapp", "pull_task_input"),
+    "push_message": ("flwr.supernode.runtime.run_clientapp", "push_message"),
+    "push_task_output": ("flwr.supernode.runtime.run_clientapp", "push_task_output"),
+    "pull_and_inflate_object_from_tree": ("flwr.supernode.runtime.run_clientapp",
+                                          "pull_and_inflate_object_from_tree"),
+    "supernode_time": ("flwr.supernode.start_client_internal", "time"),
+    "push_messages": ("flwr.supernode.start_client_internal", "_push_messages"),
+    "InMemoryNodeState": ("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState"),
+    "FleetHttpClient": ("flwr.supernode.fleet_http_client", "FleetHttpClient"),
+    "flower_supernode": ("flwr.supernode.cli.flower_supernode", "flower_supernode"),
+    "supernode_pull_objects": ("flwr.supernode.start_client_internal", "pull_objects"),
+    "grid_pull_objects": ("flwr.superlink.grid.http_grid", "pull_objects"),
+}
+
+# (module, attribute) pairs, as listed above.
+REQUIRED: tuple[tuple[str, str], ...] = tuple(NAMES.values())
+
+# Attributes of Flower's in-memory node state the pool's endpoint reads or changes directly.
+STATE_FIELDS = ("lock_task_store", "task_token_to_task_id", "task_token_store")
 
 
 def missing() -> list[str]:
@@ -56,3 +101,12 @@ def get(module_name: str, attribute: str) -> Any:
     if (module_name, attribute) not in REQUIRED:
         raise KeyError(f"{module_name}.{attribute} is not listed in REQUIRED")
     return getattr(importlib.import_module(module_name), attribute)
+
+
+def __getattr__(name: str) -> Any:
+    """Look an internal up once and keep it as this module's attribute."""
+    if name not in NAMES:
+        raise AttributeError(f"{name} is not a listed flwr internal (see NAMES)")
+    value = get(*NAMES[name])
+    globals()[name] = value
+    return value

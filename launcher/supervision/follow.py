@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.rundir import METRICS, PROGRESS
-from launcher.events import ClientProgress, Event, Notice, RoundFinished, RoundStarted
+from launcher.events import (
+    ClientProgress,
+    Event,
+    Notice,
+    PoolStats,
+    RoundFinished,
+    RoundStarted,
+    WorkerInfo,
+)
+
+POOL = "pool.json"  # the worker pool's state, written by the client host
 
 
 class RunFollower:
@@ -26,7 +36,20 @@ class RunFollower:
         self.records: list[dict[str, Any]] = []
 
     def poll(self) -> list[Event]:
-        return self._poll_metrics() + self._poll_progress()
+        return self._poll_metrics() + self._poll_progress() + self._poll_pool()
+
+    def _poll_pool(self) -> list[Event]:
+        """The worker pool's state, when the client host has rewritten pool.json."""
+        path = self.metrics_path.parent / POOL
+        try:
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if self._seen.get(POOL) == stamp:
+                return []
+            self._seen[POOL] = stamp
+            return [pool_event(json.loads(path.read_text()))]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
 
     def _poll_metrics(self) -> list[Event]:
         try:
@@ -121,6 +144,23 @@ def metric_event(record: dict[str, Any]) -> Event | None:
     except (KeyError, TypeError, ValueError):
         return None
     return None
+
+
+def pool_event(record: dict[str, Any]) -> PoolStats:
+    """pool.json (written by launcher/shim/clienthost.py) as an event."""
+    workers = tuple(
+        WorkerInfo(name=str(w["name"]), gpu=str(w.get("gpu", "")), state=str(w.get("state", "")),
+                   client=None if w.get("client") is None else int(w["client"]),
+                   images_per_s=float(w.get("images_per_s", 0.0)), tasks=int(w.get("tasks", 0)))
+        for w in record.get("workers", ()))
+    return PoolStats(workers=tuple(sorted(workers, key=lambda w: _numbered(w.name))),
+                     queued=tuple(int(c) for c in record.get("queued", ())),
+                     failed_clients=tuple(int(c) for c in record.get("failed", ())))
+
+
+def _numbered(name: str) -> tuple[str, int]:
+    stem, _, number = name.rpartition("-")
+    return (stem, int(number)) if number.isdigit() else (name, 0)
 
 
 def progress_event(record: dict[str, Any], client_gpus: dict[int, int | None]) -> Event | None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+TOKEN_REFUSED = "task-token authentication failed"  # Flower's words for an expired task token
+
 HINTS = (
+    ((TOKEN_REFUSED,),
+     "the ServerApp was starved of CPU past Flower's heartbeat window (30 s to start its task), "
+     "so the SuperLink refused its task token: the machine is overloaded; run fewer --clients "
+     "or --workers, or a smaller --model, or free the CPU"),
     (("IP address mismatch", "Hostname mismatch"),
      "the SuperLink's certificate does not name the address given to --join; join with a name "
      "it lists, or remake it on the server: fedlaunch certs DIR --host THAT_NAME --force"),

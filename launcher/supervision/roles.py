@@ -29,6 +29,10 @@ ROLES: dict[str, Role] = {
     "gateway": Role("fatal"),  # forwards the network to the SuperLink; retries until it answers
     # SuperNodes retry until the SuperLink answers, so they start with it
     "supernode": Role("client", after_keys=True),
+    # the worker pool (planning/pool.py): the host of every client's SuperNode, and the workers
+    # that train them (they connect to the host and wait); a role's last process gone fails the run
+    "clienthost": Role("client", after_keys=True),
+    "worker": Role("client"),
     "submit": Role("lifeline", after_link=True, after_keys=True),  # `flwr run`
     "local": Role("lifeline"),
 }

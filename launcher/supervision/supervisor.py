@@ -29,7 +29,7 @@ from launcher.planning.gpus import Nvml
 from launcher.planning.plan import Plan
 from launcher.supervision.departures import Departures
 from launcher.supervision.follow import RunFollower
-from launcher.supervision.hints import explain_failure
+from launcher.supervision.hints import TOKEN_REFUSED, explain_failure
 from launcher.supervision.observe import alive, gpu_stats, is_serverapp, oom_text
 from launcher.supervision.outcome import (
     EXIT_FAILED,
@@ -244,9 +244,11 @@ class Supervisor:
         if self._serverapp is not None and not alive(self._serverapp):
             self._publish_events()
             if self.follower.ended() is None:
-                server = self.processes.get("server")
+                server, link = self.processes.get("server"), self.processes.get("superlink")
+                refused = [line for line in (link.tail if link else ()) if TOKEN_REFUSED in line]
                 raise RunFailed("serverapp", "(the ServerApp process under the SuperLink) exited "
-                                "before the run completed", tuple(server.tail) if server else ())
+                                "before the run completed",
+                                (*(server.tail if server else ()), *refused[-1:]))
 
     async def _check_processes(self) -> str | None:
         for name, proc in list(self.processes.items()):
@@ -290,8 +292,8 @@ class Supervisor:
             await self._start(name)
             return
         proc.stopping = True
-        left = [p for p in self.processes.values()
-                if role(p.spec.role).on_exit == "client" and p.returncode is None]
+        left = [p for p in self.processes.values()  # of its kind: clients, or pool workers
+                if p.spec.role == spec.role and p.returncode is None]
         self.bus.publish(Notice("error", f"{name} exited with code {proc.returncode} and "
                                 "will not be restarted"))
         if not left:

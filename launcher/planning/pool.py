@@ -1,0 +1,113 @@
+"""The worker pool's plan: how many GPU workers (K) serve the N clients, and their processes.
+
+With K < N the clients are cheap endpoints forked by one client host (launcher.shim.clienthost)
+and K warm workers (launcher.shim.worker), pinned round-robin over --gpus like clients, train
+whichever client's task waits. With K == N each client keeps its own warm executor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedcore.errors import UsageError
+from launcher.planning.gpus import GpuInfo
+from launcher.planning.placement import Placement, client_env
+from launcher.supervision.procs import ProcessSpec
+
+CPU_WORKERS_PER_CORE = 2  # on the CPU, at most this many workers per core ...
+CPU_WORKERS_FLOOR = 4  # ... but never fewer than this (small runs keep one executor per client)
+SOCKET_PATH_MAX = 100  # AF_UNIX paths hold 108 bytes
+
+
+@dataclass(frozen=True)
+class WorkerChoice:
+    """K and why."""
+
+    workers: int
+    why: str
+
+
+def choose_workers(clients: int, requested: int | None, gpus: tuple[GpuInfo, ...],
+                   per_worker_bytes: int, per_gpu: int | None,
+                   cores: int | None = None) -> WorkerChoice:
+    """--workers, or one worker per client while that fits: in each GPU's free memory (and
+    --workers-per-gpu), or, on the CPU, in max(4, 2 x cores) processes."""
+    if requested is not None:
+        if requested < 1:
+            raise UsageError(f"--workers must be at least 1, got {requested}")
+        if requested > clients:
+            raise UsageError(f"--workers {requested} is more than --clients {clients}; a worker "
+                             "trains one client at a time, so use at most one per client")
+        if per_gpu is not None and gpus and requested > per_gpu * len(gpus):
+            raise UsageError(f"--workers {requested} at --workers-per-gpu {per_gpu} needs "
+                             f"{-(-requested // per_gpu)} GPUs but {len(gpus)} are in use; add "
+                             "--gpus or raise --workers-per-gpu")
+        return WorkerChoice(requested, f"--workers {requested}")
+    if not gpus:
+        cores = cores or os.cpu_count() or 1
+        cap = max(CPU_WORKERS_FLOOR, CPU_WORKERS_PER_CORE * cores)
+        if clients <= cap:
+            return WorkerChoice(clients, f"one per client ({clients} fit the CPU's cap of {cap})")
+        return WorkerChoice(cap, f"capped by the CPU: {cores} cores, at most {cap} workers "
+                            f"({CPU_WORKERS_PER_CORE} per core, at least {CPU_WORKERS_FLOOR})")
+    fits = []
+    for gpu in gpus:
+        room = clients if gpu.memory_free is None else gpu.memory_free // max(1, per_worker_bytes)
+        fits.append(min(room, per_gpu) if per_gpu is not None else room)
+    total = max(len(gpus), sum(fits))  # at least one per GPU; the memory warning tells the rest
+    if clients <= total:
+        return WorkerChoice(clients, "one per client (they fit in the GPUs' free memory"
+                            + (f" at --workers-per-gpu {per_gpu})" if per_gpu else ")"))
+    limit = f"--workers-per-gpu {per_gpu}" if per_gpu is not None and all(
+        f == per_gpu for f in fits) else f"free GPU memory at about {per_worker_bytes / 1e9:.1f} GB each"
+    return WorkerChoice(total, f"capped at {total} by {limit}")
+
+
+def pool_socket(run_dir: Path) -> Path:
+    """The client host's Unix socket: in the run folder, or in /tmp when that path is too long."""
+    path = run_dir / "pool.sock"
+    if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+        return path
+    digest = hashlib.sha1(os.fsencode(run_dir)).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"fedlaunch-{os.getuid()}-{digest}.sock"
+
+
+def idle_wait(clients: int) -> float:
+    """Seconds between an idle SuperNode's polls: 0.2 s, longer with many clients (about 50
+    polls a second in all), never Flower's 3 s."""
+    return round(min(2.0, max(0.2, clients / 50)), 2)
+
+
+def pool_specs(run_dir: Path, clients: int, superlink: str, placement: Placement,
+               flwr_env: dict[str, str], threads: dict[str, str], max_restarts: int,
+               supernode_args: tuple[str, ...] = ("--insecure",)) -> list[ProcessSpec]:
+    """The client host (every client's SuperNode, with `supernode_args`: TLS, and the run's
+    SuperExec secret its claimers sign AcquireTask with) and one process per worker, pinned."""
+    sock = str(pool_socket(run_dir))
+    host = ProcessSpec(
+        name="clients", role="clienthost",
+        argv=(sys.executable, "-m", "launcher.shim.clienthost", "--superlink", superlink,
+              "--run-dir", str(run_dir), "--socket", sock, "--partition-ids", f"0-{clients - 1}",
+              "--num-partitions", str(clients), "--max-restarts", str(max_restarts),
+              "--idle-wait", str(idle_wait(clients)), "--", *supernode_args),
+        env={**flwr_env, "FLWR_HOME": str(run_dir / "flwr" / "clients"),
+             "CUDA_VISIBLE_DEVICES": ""},
+        restartable=True,
+    )
+    specs = [host]
+    for k, gpu_id in enumerate(placement.client_gpu):
+        gpu = next((g for g in placement.gpus if g.index == gpu_id), None)
+        name = f"worker-{k}"
+        specs.append(ProcessSpec(
+            name=name, role="worker",
+            argv=(sys.executable, "-m", "launcher.shim.worker", "--socket", sock, "--name", name),
+            env={**flwr_env, "FLWR_HOME": str(run_dir / "flwr" / name), **client_env(gpu),
+                 **threads, "FEDLAUNCH_WORKER_GPU": "cpu" if gpu_id is None else str(gpu_id)},
+            gpu=gpu_id, restartable=True,
+        ))
+    return specs

@@ -1,0 +1,154 @@
+"""A pool worker: one warm process (torch, CUDA, the data set on its device) that trains any client.
+
+`python -m launcher.shim.worker --socket PATH --name worker-0` connects to the client host's
+Unix socket (launcher.shim.clienthost), says it is ready, and for each task it is given
+(a client's runtime address and task token) does what the warm executor does for its own
+SuperNode: pull the task input from that client's SuperNode with a token-bound client, send
+heartbeats, run the ClientApp in-process, push the reply. The ClientApp, told by
+FEDLAUNCH_SHARED_DATA=1, loads the data set once per worker and trains each task on the client's
+partition by index (fedcore.shared_data). The worker is pinned to its GPU by the launcher
+(CUDA_VISIBLE_DEVICES), like the per-client executors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from launcher.shim.endpoint import Wire
+from launcher.shim.executor import Executor, fast_object_pulls
+
+CONNECT_PATIENCE = 120.0  # the client host may start after the workers (or restart)
+SHARED_DATA = "FEDLAUNCH_SHARED_DATA"
+
+
+class PoolRunner(Executor):
+    """The warm executor, run against whichever SuperNode each task comes from."""
+
+    def __init__(self, log: Callable[..., None], wire: Wire,
+                 worth_retrying: Callable[[], bool]) -> None:
+        super().__init__("127.0.0.1:1", log, worth_retrying=worth_retrying)
+        self.wire = wire
+        self.outcome: dict[str, Any] = {}
+
+    def run(self, address: str, token: str) -> dict[str, Any]:
+        """Run one task of the SuperNode at `address`; what happened, for the host."""
+        self.address = address
+        self.outcome = {"status": "failed"}
+        self.run_task(token)
+        return self.outcome
+
+    def _app(self, run: Any, fab: Any) -> Any:
+        app = super()._app(run, fab)
+
+        def timed(message: Any, context: Any) -> Any:
+            kind = str(message.metadata.message_type)
+            config = message.content["config"] if "config" in message.content else None
+            group = str(message.metadata.group_id)
+            round_ = int(config.get("server-round", 0)) if config is not None else 0
+            round_ = round_ or (int(group) if group.isdigit() else 0)
+            self.wire.send(op="started", time=time.time(), round=round_, type=kind,
+                           client=int(context.node_config.get("partition-id", -1)))
+            reply = app(message=message, context=context)
+            self.outcome = {"status": "completed" if not reply.has_error() else "error",
+                            "app_end": time.time(), **train_figures(reply, config)}
+            return reply
+
+        return timed
+
+
+def train_figures(reply: Any, config: Any) -> dict[str, float]:
+    """Images trained and training seconds, from a train reply's metrics."""
+    try:
+        metrics = reply.content["metrics"]
+        epochs = int(config.get("local-epochs", 1)) if config is not None else 1
+        return {"images": float(metrics["num-examples"]) * epochs,
+                "seconds": float(metrics["train-seconds"])}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+
+
+def connect(path: str, parent: int) -> socket.socket:
+    """The host's socket, retried while the host (re)starts and the launcher lives."""
+    deadline = time.monotonic() + CONNECT_PATIENCE
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() > deadline or os.getppid() != parent:
+                raise SystemExit(f"fedlaunch: cannot reach the client host at {path}: {exc}") from None
+            time.sleep(0.2)
+
+
+def next_task(wire: Wire, stopping: Callable[[], bool], parent: int) -> dict[str, Any] | None:
+    """Wait for the host's next order; None once stopped, the host gone, or the launcher gone."""
+    wire.sock.settimeout(1.0)
+    pending: list[dict[str, Any]] = []
+    while not pending:
+        if stopping() or os.getppid() != parent:
+            return None
+        try:
+            chunk = wire.sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        pending = [m for m in wire.lines(chunk) if m.get("op") == "task"]
+    return pending[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launcher.shim.worker")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    os.environ[SHARED_DATA] = "1"
+    parent = os.getppid()
+    import flwr.supernode.runtime.run_clientapp  # noqa: F401
+    import torch  # noqa: F401  - warm up before the first task
+    import torchvision  # noqa: F401
+    from flwr.common.logger import log
+
+    fast_object_pulls()
+    stop = {"now": False}
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher stops its children with SIGTERM
+    gpu = os.environ.get("FEDLAUNCH_WORKER_GPU", "cpu")  # the physical (NVML) id, as the plan shows
+    while not stop["now"]:
+        wire = Wire(connect(args.socket, parent))
+        wire.send(op="hello", name=args.name, pid=os.getpid(), gpu=gpu)
+        runner = PoolRunner(log, wire, worth_retrying=lambda: not stop["now"]
+                            and os.getppid() == parent)
+        print(f"fedlaunch: {args.name} pid {os.getpid()} ready ({Path(args.socket).name})",
+              flush=True)
+        while True:
+            wire.send(op="ready")
+            task = next_task(wire, lambda: stop["now"], parent)
+            if task is None:
+                break
+            outcome = runner.run(str(task["address"]), str(task["token"]))
+            wire.send(op="done", **outcome)
+        wire.sock.close()
+        if os.getppid() != parent:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
