@@ -147,6 +147,63 @@ def join_without_its_node_key(folder: Path) -> list[str]:
     return ["--join", "127.0.0.1:9092", "--partition-ids", "1-1", "--num-partitions", "2",
             "--root-certificates", str(tls.ca_cert), "--node-keys", "tls", "--dry-run"]
 
+def profile_bytes(data: bytes) -> Setup:
+    def setup(folder: Path) -> list[str]:
+        (folder / "mine.toml").write_bytes(data)
+        return ["--profile", "mine.toml"]
+    return setup
+
+
+def a_run_folder(metrics: bytes, config: str | None = None, link: str | None = None) -> Setup:
+    """`old/`: a run folder received from elsewhere, with this metrics.jsonl (and config.json),
+    and optionally a symlink `old/LINK` to a file of the user's outside it."""
+    def setup(folder: Path) -> list[str]:
+        run = folder / "old"
+        run.mkdir()
+        (run / "metrics.jsonl").write_bytes(metrics)
+        if config is not None:
+            (run / "config.json").write_text(config)
+        if link is not None:
+            (folder / "precious.txt").write_text("the user's own file\n")
+            (run / link).symlink_to(folder / "precious.txt")
+        return []
+    return setup
+
+
+GOOD_METRICS = (b'{"event": "start", "mode": "federated", "total": 1, "model": "cnn"}\n'
+                b'{"event": "round", "round": 1, "total": 1, "accuracy": 0.4, "loss": 1.7}\n')
+SAVED_CONFIG = '{"mode": "federated", "dataset": "synthetic", "clients": 2, "rounds": 2}\n'
+
+
+def certificates(mode: int | None = None, owner: int | None = None, what: str = "") -> Setup:
+    """`fedlaunch certs tls`, then `tls` (or `tls/WHAT`) given another mode or owner."""
+    def setup(folder: Path) -> list[str]:
+        from launcher.network.certs import generate
+
+        generate(folder / "tls", [])
+        target = folder / "tls" / what if what else folder / "tls"
+        if mode is not None:
+            target.chmod(mode)
+        if owner is not None:
+            os.chown(target, owner, owner)
+        return ["--serve", "127.0.0.1:9092", "--certificates", "tls", "--dry-run"]
+    return setup
+
+
+def join_trusting(mode: int) -> Setup:
+    def setup(folder: Path) -> list[str]:
+        from launcher.network.certs import generate
+
+        tls = generate(folder / "tls", [])
+        tls.ca_cert.chmod(mode)
+        return ["--join", "127.0.0.1:9092", "--partition-ids", "0-0", "--num-partitions", "1",
+                "--root-certificates", str(tls.ca_cert), "--dry-run"]
+    return setup
+
+
+NOT_UTF8 = os.fsdecode(b"caf\xe9")  # a Latin-1 name: no UTF-8 text can hold it
+NOBODY = 65534
+
 CASES = [
     Case("unknown-flag", ("--bogus",), ("--bogus",)),
     Case("clients-not-a-number", ("--clients", "three"), ("--clients", "'three'")),
@@ -199,6 +256,36 @@ CASES = [
          node_keys_without_tls),
     Case("join-without-its-node-key", SYN, ("no node-1.key", "partition 1"),
          join_without_its_node_key),
+    # issue 11, item 7
+    Case("profile-not-utf8", SYN, ("mine.toml", "not utf-8"),
+         profile_bytes(b"rounds = 3\n# r\xe9sum\xe9 in Latin-1\n")),
+    Case("report-metrics-not-utf8", ("report", "old"), ("metrics.jsonl", "utf-8"),
+         a_run_folder(b"\xff\xfe{\x00\"\x00e\x00\n"), out=False),
+    Case("report-metrics-wrongly-typed", ("report", "old"), ("accuracy='high'", "not a number"),
+         a_run_folder(GOOD_METRICS.replace(b"0.4", b'"high"')), out=False),
+    Case("report-symlink-in-run-folder", ("report", "old"), ("report.png", "symbolic link"),
+         a_run_folder(GOOD_METRICS, link="report.png"), out=False),
+    Case("resume-symlink-in-run-folder", ("--resume", "old"), ("metrics.jsonl", "symbolic link"),
+         a_run_folder(b"", SAVED_CONFIG, link="metrics.jsonl.1"), out=False),
+    Case("resume-a-join-run", ("--resume", "old"), ("join", "nothing to resume"),
+         a_run_folder(b"", '{"mode": "join"}\n'), out=False),
+    Case("seed-negative", (*SYN, "--seed", "-1"), ("--seed", "-1", "4294967295")),
+    Case("seed-beyond-32-bits", (*SYN, "--seed", str(2**32)), ("--seed", "4294967296")),
+    Case("local-with-serve", (*SYN, "--local", "--serve", "127.0.0.1:9092"), ("--local", "--serve")),
+    Case("local-with-join", (*SYN, "--local", "--join", "127.0.0.1:9092", "--partition-ids", "0-0",
+                             "--num-partitions", "1"), ("--local", "--join")),
+    Case("profile-local-with-serve", ("--serve", "127.0.0.1:9092"), ("--local", "--serve"),
+         profile(b'local = true\ndataset = "synthetic"\n'.decode())),
+    Case("out-not-utf8", (*SYN, "--out", NOT_UTF8), ("--out", "utf-8"), out=False),
+    Case("data-dir-not-utf8", ("--data-dir", NOT_UTF8), ("--data-dir", "utf-8")),
+    Case("certificates-writable-by-others", (), ("--certificates", "writable by others"),
+         certificates(mode=0o777), out=False),
+    Case("server-key-writable-by-others", (), ("server.key", "writable by others"),
+         certificates(mode=0o666, what="server.key"), out=False),
+    Case("root-certificate-writable-by-others", (), ("--root-certificates", "ca.crt", "writable"),
+         join_trusting(0o666), out=False),
+    *([Case("certificates-of-another-user", (), ("--certificates", "another user"),
+            certificates(owner=NOBODY), out=False)] if os.geteuid() == 0 else []),
 ]
 
 
@@ -322,3 +409,148 @@ def test_interrupting_during_checks_exits_130(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
     assert err.strip() == "fedlaunch: interrupted", err
+
+
+# --- issue 11, item 7: the inputs that need more than one command ------------------------------
+
+def test_a_node_key_registration_that_hangs_is_a_failed_registration(tmp_path: Path) -> None:
+    """`flwr supernode register` that never answers: a reason per key, its process gone (before:
+    a TimeoutError traceback and no summary)."""
+    import asyncio
+
+    import psutil
+
+    from launcher.network import nodeauth
+
+    # Prepare: a `flwr` that hangs the way a registration to a silent SuperLink does
+    flwr = tmp_path / "flwr"
+    flwr.write_text(f"#!/bin/sh\necho $$ >> {tmp_path / 'pids'}\nexec sleep 60\n")
+    flwr.chmod(0o755)
+
+    # Execute
+    failed = asyncio.run(nodeauth.register(str(flwr), "fedlaunch", ["a.pub", "b.pub"], {}, tmp_path,
+                                           tmp_path / "register.log", timeout=1.0))
+
+    # Assert
+    assert [key for key, _ in failed] == ["a.pub", "b.pub"]
+    assert all("no answer from the SuperLink in 1 s" in why for _, why in failed), failed
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 2 and not any(psutil.pid_exists(p) and psutil.Process(p).status()
+                                      != psutil.STATUS_ZOMBIE for p in pids)
+    assert "exit None" in (tmp_path / "register.log").read_text()
+
+
+CLAIM = """
+import sys, time
+from pathlib import Path
+from launcher.planning.prepare import claim_run_dir
+from fedcore.errors import UsageError
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # all at the same instant
+try:
+    print(claim_run_dir(Path(sys.argv[1]), sys.argv[2] == "numbered"))
+except UsageError as exc:
+    print("refused:", exc)
+"""
+
+
+def claim_at_once(target: Path, how: str, count: int) -> list[str]:
+    import sys
+    import time
+
+    start = str(time.time() + 2.0)
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIM, str(target), how, start],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+             for _ in range(count)]
+    return sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+
+
+def test_launches_in_the_same_second_get_distinct_run_folders(tmp_path: Path) -> None:
+    """runs/<timestamp> is one name per second: four launches at once claim four folders."""
+    # Execute
+    claimed = claim_at_once(tmp_path / "runs" / "20261129-140000", "numbered", 4)
+
+    # Assert
+    assert len(set(claimed)) == 4, claimed
+    assert {Path(c).name for c in claimed} == {"20261129-140000", "20261129-140000.1",
+                                               "20261129-140000.2", "20261129-140000.3"}
+    assert all((Path(c) / "config.json").exists() for c in claimed)
+
+
+def test_two_launches_into_the_same_out_folder_one_is_refused(tmp_path: Path) -> None:
+    claimed = claim_at_once(tmp_path / "run", "given", 2)
+
+    assert len([c for c in claimed if c.startswith("refused:")]) == 1, claimed
+    assert "already holds a fedlaunch run" in claimed[-1], claimed
+
+
+@pytest.mark.parametrize("name", ['say "hi"', "back\\slash", "new\nline", "emoji 😀", "it's"])
+def test_run_and_data_paths_with_characters_toml_must_escape(tmp_path: Path, name: str) -> None:
+    """Such names work: every TOML file and node config fedlaunch writes reads back exactly."""
+    import tomllib
+
+    from flwr.common.config import parse_config_args
+
+    from fedcore.config import RunConfig
+    from launcher.network.remote import Address, join_plan
+    from launcher.planning.bundle import make_app, write_flwr_config
+    from launcher.planning.gpus import Nvml
+    from launcher.planning.placement import parse_gpus, plan_placement
+    from launcher.planning.plan import run_config_toml
+    from launcher.planning.prepare import LaunchOptions, make_plan
+    from tests.fake_nvml import FakeNvml
+
+    # Prepare
+    run_dir, data_dir = tmp_path / f"run {name}", tmp_path / f"data {name}"
+    data_dir.mkdir()
+    cfg = RunConfig(dataset="synthetic", data_dir=str(data_dir), clients=2, rounds=1)
+
+    # Execute
+    plan = make_plan(cfg, run_dir, LaunchOptions(gpus="cpu"), nvml=Nvml(lib=FakeNvml([])))
+    make_app(run_dir / "app", plan.cfg)
+    write_flwr_config(run_dir / "flwr" / "submit", plan.superlink_address, tmp_path / f"{name}.crt")
+    placement = plan_placement(1, parse_gpus("cpu"), Nvml(lib=FakeNvml([])))
+    joined = join_plan(cfg, run_dir, placement, Address("127.0.0.1", 9092), range(0, 1), 1, None,
+                       True)
+
+    # Assert
+    for text in (run_config_toml(plan.cfg), (run_dir / "app" / "pyproject.toml").read_text()):
+        values = tomllib.loads(text)
+        values = values.get("tool", {}).get("flwr", {}).get("app", {}).get("config", values)
+        assert values["out-dir"] == str(run_dir) and values["data-dir"] == str(data_dir)
+    flwr = tomllib.loads((run_dir / "flwr" / "submit" / "config.toml").read_text())
+    assert flwr["superlink"]["fedlaunch"]["root-certificates"] == str(tmp_path / f"{name}.crt")
+    argv = joined.processes[0].argv
+    node = parse_config_args([argv[argv.index("--node-config") + 1]])
+    assert node["progress-dir"] == str(run_dir / "progress") and node["partition-id"] == 0
+
+
+@pytest.mark.e2e
+def test_ctrl_c_while_the_superlink_starts(tmp_path: Path) -> None:
+    """SIGINT as soon as the SuperLink process exists: exit 130 with one line and a summary, no
+    traceback, nothing started after the signal, nothing left running."""
+    import signal
+    import time
+
+    import psutil
+
+    from tests.runs import SMALL, Run
+
+    with Run([*SMALL, "--clients", "2", "--rounds", "1", "--gpus", "cpu", "--headless"],
+             tmp_path / "run", tmp_path) as run:
+        run.wait_for_role("superlink", timeout=120)
+        sent = time.time()
+        run.send(signal.SIGINT)
+        code = run.wait(120)
+
+        assert code == 130, run.report()
+        assert "Traceback" not in run.output(), run.report()
+        late = []
+        for proc in run.seen.values():
+            try:
+                if proc.create_time() > sent + 0.5:
+                    late.append(run.roles.get(proc.pid, "?"))
+            except psutil.Error:
+                continue
+        assert late == [], f"started after Ctrl+C: {late}; {run.report()}"
+        assert '"interrupted"' in (tmp_path / "run" / "summary.json").read_text(), run.report()
+        run.assert_no_orphans()
