@@ -78,9 +78,10 @@ def pool_socket(run_dir: Path) -> Path:
 
 
 def idle_wait(clients: int) -> float:
-    """Seconds between an idle SuperNode's polls: 0.2 s, longer with many clients (about 50
-    polls a second in all), never Flower's 3 s."""
-    return round(min(2.0, max(0.2, clients / 50)), 2)
+    """Seconds between an idle SuperNode's polls of the SuperLink: 0.2 s, longer with many clients
+    (about 25 polls a second in all: each costs the SuperLink and the node a few ms of CPU), at
+    most Flower's own 3 s. A node polls every 20 ms right after a task (supernode.PromptTime)."""
+    return round(min(3.0, max(0.2, clients / 25)), 2)
 
 
 def pool_specs(run_dir: Path, clients: int, superlink: str, placement: Placement,

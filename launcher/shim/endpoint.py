@@ -23,7 +23,7 @@ from typing import Any
 
 from launcher.shim import flwr_internals as fi
 
-ACQUIRE_FALLBACK = 1.0  # seconds between AcquireTask calls when no task creation woke the claimer
+ACQUIRE_FALLBACK = 5.0  # seconds between AcquireTask calls when no task creation woke the claimer
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
 SECRET_FLAG = "--superexec-auth-secret-file"
 WAIT_HEARTBEAT = 10.0  # heartbeat a claimed, not yet taken token this often (Flower allows 30 s)

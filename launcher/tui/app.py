@@ -22,6 +22,7 @@ from launcher.tui.progress import RoundProgress
 from launcher.tui.screens import FailedLogScreen, HelpScreen
 from launcher.tui.state import RunState
 from launcher.tui.summary import SummaryPanel
+from launcher.tui.workers import ClientsSummary, WorkersTable
 
 REFRESH_S = 0.15  # panels redraw at most this often, however fast events come
 CLOCK_S = 1.0  # the header's elapsed / ETA tick
@@ -72,6 +73,8 @@ class FedlaunchApp(App[int]):
         yield RoundProgress(id="progress")
         yield SummaryPanel(id="summary")
         with Vertical(id="body"):
+            yield WorkersTable(id="workers")
+            yield ClientsSummary(id="clients-summary")
             yield ClientsTable(id="clients")
             with Horizontal(id="panels"):
                 yield MetricsPanel(id="metrics")
@@ -81,6 +84,7 @@ class FedlaunchApp(App[int]):
 
     def on_mount(self) -> None:
         self.query_one("#clients").border_title = "clients"
+        self.query_one("#workers").border_title = "workers"
         self.query_one("#metrics").border_title = "test accuracy / loss"
         self.query_one("#gpus").border_title = "GPUs"
         self.state.dirty |= {"header", "progress", "gpus", "metrics"}
@@ -144,6 +148,11 @@ class FedlaunchApp(App[int]):
         if dirty & {"clients", "clients-layout"}:
             clients, state.dirty_clients = state.dirty_clients, set()
             self.query_one(ClientsTable).show(state, clients, "clients-layout" in dirty)
+        if dirty & {"workers", "workers-layout"}:
+            self.query_one(WorkersTable).show(state)
+            self.screen.set_class(state.pool is not None, "-pool")
+        if dirty & {"workers", "clients", "progress"}:
+            self.query_one(ClientsSummary).show(state)
         if "gpus" in dirty:
             self.query_one(GpuPanel).show(state)
         if "metrics" in dirty:

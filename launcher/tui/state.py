@@ -14,6 +14,7 @@ from launcher.events import (
     GpuStats,
     LogLine,
     Notice,
+    PoolStats,
     ProcessExited,
     ProcessStarted,
     RoundFinished,
@@ -86,6 +87,7 @@ class RunState:
         self.gpus: dict[int, GpuView] = {}
         self.cpu_mode = False
         self.gpu_seen = False
+        self.pool: PoolStats | None = None  # the worker pool's last report, when there is one
         self.logs: deque[tuple[str, str, str]] = deque(maxlen=LOG_KEEP)  # (name, level, text)
         self.pending_logs: deque[tuple[str, str, str]] = deque(maxlen=PENDING_KEEP)
         self.name_width = len(LAUNCHER)
@@ -247,6 +249,12 @@ class RunState:
         for index in set(self.gpus) - seen:
             del self.gpus[index]
         self.dirty.add("gpus")
+
+    def _on_PoolStats(self, event: PoolStats) -> None:
+        if self.pool is None:
+            self.dirty.add("workers-layout")
+        self.pool = event
+        self.dirty |= {"workers", "clients"}
 
     def _on_LogLine(self, event: LogLine) -> None:
         self._note_name(event.name)

@@ -1,0 +1,97 @@
+"""The worker pool on screen at 100 clients: a workers table, a summary line, a scrollable table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from launcher.events import (
+    ClientProgress,
+    Event,
+    PoolStats,
+    ProcessStarted,
+    RoundStarted,
+    RunStarted,
+    WorkerInfo,
+)
+from launcher.supervision.follow import RunFollower
+from launcher.tui.clients import ClientsTable
+from launcher.tui.state import RunState
+from launcher.tui.workers import ClientsSummary, WorkersTable, clients_summary
+from tests.test_tui import NOW, Script, screen_text, settle
+
+CLIENTS = 100
+SAMPLED = (3, 17, 42, 58, 71, 90, 11, 23, 64, 99)
+
+
+def pool_events() -> list[Event]:
+    events: list[Event] = [
+        RunStarted("pool-run", "federated", "cnn", "cifar10", "iid", 20, CLIENTS, "/runs/pool",
+                   NOW - 60.0, dict.fromkeys(range(CLIENTS))),
+        ProcessStarted("clients", 200, "clienthost"),
+        ProcessStarted("worker-0", 201, "worker", 0),
+        ProcessStarted("worker-1", 202, "worker", 1),
+        *(ClientProgress(c, "connected") for c in range(CLIENTS)),
+        RoundStarted(3, 20),
+    ]
+    for n, client in enumerate(SAMPLED):
+        state = "training" if n < 2 else "waiting"
+        events.append(ClientProgress(client, state, 3, 1, 1, 5, 10, 320, 1.5))
+    events.append(PoolStats((
+        WorkerInfo("worker-0", "0", "training", 3, 2150.0, 21),
+        WorkerInfo("worker-1", "1", "training", 17, 2080.0, 20),
+    ), queued=(42, 58), failed_clients=()))
+    return events
+
+
+def test_the_summary_counts_clients_by_state_and_lists_the_round_sample() -> None:
+    state = RunState(clock=lambda: NOW)
+    for event in pool_events():
+        state.apply(event)
+
+    text = clients_summary(state).plain
+
+    assert text.startswith("100 clients: 90 connected, 8 waiting, 2 training"), text
+    assert "round 3 sampled (10): 3, 11, 17, 23, 42, 58, 64, 71, 90, 99" in text, text
+    assert "waiting for a worker: 42, 58" in text, text
+
+
+def test_pool_json_becomes_a_pool_event(tmp_path: Path) -> None:
+    (tmp_path / "pool.json").write_text(json.dumps({
+        "workers": [{"name": "worker-1", "gpu": "1", "state": "idle", "client": None,
+                     "images_per_s": 0.0, "tasks": 4},
+                    {"name": "worker-0", "gpu": "0", "state": "training", "client": 7,
+                     "images_per_s": 1999.5, "tasks": 5}],
+        "queued": [9], "failed": [2]}))
+    follower = RunFollower(tmp_path)
+
+    events = [e for e in follower.poll() if isinstance(e, PoolStats)]
+
+    assert events == [PoolStats((WorkerInfo("worker-0", "0", "training", 7, 1999.5, 5),
+                                 WorkerInfo("worker-1", "1", "idle", None, 0.0, 4)),
+                                queued=(9,), failed_clients=(2,))]
+    assert [e for e in follower.poll() if isinstance(e, PoolStats)] == []  # unchanged: no event
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+async def test_100_clients_fit_the_screen(size: tuple[int, int]) -> None:
+    script = Script(pool_events())
+    async with script.app().run_test(size=size) as pilot:
+        await settle(pilot, script)
+        workers = pilot.app.query_one(WorkersTable)
+        summary = pilot.app.query_one(ClientsSummary)
+        clients = pilot.app.query_one(ClientsTable)
+
+        shown = screen_text(workers)
+        line = screen_text(summary)
+
+        assert workers.display and workers.row_count == 2
+        assert "worker-0" in shown and "worker-1" in shown and "training" in shown, shown
+        assert "2,150" in shown or size[0] < 100, shown
+        assert "100 clients" in line and "round 3 sampled" in line, line
+        assert clients.row_count == CLIENTS
+        assert clients.outer_size.height < size[1], "the clients table must scroll, not fill"
+        assert clients.max_scroll_y > 0
+        assert workers.region.bottom <= clients.region.y
