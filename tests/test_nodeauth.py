@@ -72,8 +72,12 @@ def test_plans_with_node_keys(tmp_path: Path) -> None:
     cpu = Placement(gpus=(), client_gpu=(None,))
     serve = serve_plan(CFG.replace(clients=3), tmp_path / "s", cpu, Address("127.0.0.1", 9092),
                        tls.dir, insecure=False, local_partitions=range(2, 3), node_keys=tls.dir)
-    superlink, client = serve.processes[0], serve.processes[1]
+    by_role = {p.role: p for p in serve.processes}
+    superlink, client = by_role["superlink"], by_role["supernode"]
     assert "--enable-supernode-auth" in superlink.argv
+    # keys are registered through the Control API, which only the loopback port serves
+    assert serve.superlink_address == f"127.0.0.1:{superlink.argv[superlink.argv.index('--port') + 1]}"
+    assert serve.superlink_address != "127.0.0.1:9092"
     assert client.argv[client.argv.index("--auth-supernode-private-key") + 1] == str(
         tls.dir / "nodes" / "node-2.key")
     assert [Path(k).name for k in serve.node_keys] == ["node-0.pub", "node-1.pub", "node-2.pub"]

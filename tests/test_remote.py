@@ -173,8 +173,12 @@ def test_serve_beyond_loopback_needs_tls_or_insecure(tmp_path: Path) -> None:
 def test_serve_insecure_warns(tmp_path: Path) -> None:
     plan = serve_plan(CFG, tmp_path, cpu(0), Address("0.0.0.0", 9092), None, insecure=True)
 
-    superlink = plan.processes[0]
-    assert "--insecure" in superlink.argv
+    by_role = {p.role: p.argv for p in plan.processes}
+    assert "--insecure" in by_role["superlink"]
+    assert by_role["superlink"][by_role["superlink"].index("--host") + 1] == "127.0.0.1"
+    gateway = by_role["gateway"]  # plain HTTP, but still the Fleet API only
+    assert gateway[gateway.index("--listen") + 1] == "0.0.0.0:9092"
+    assert "--certfile" not in gateway and "--upstream-ca" not in gateway
     assert any("--insecure" in w and "unencrypted" in w for w in plan.placement.warnings)
     assert "warning: --insecure" in plan.describe()
 
@@ -183,7 +187,8 @@ def test_serve_on_loopback_without_certificates_is_plain_and_quiet(tmp_path: Pat
     plan = serve_plan(CFG, tmp_path, cpu(2), Address("127.0.0.1", 9092), None, insecure=False,
                       local_partitions=range(2))
 
-    assert all("--insecure" in p.argv for p in plan.processes if p.role != "submit")
+    assert all("--insecure" in p.argv for p in plan.processes
+               if p.role in ("superlink", "superexec", "supernode"))
     assert plan.placement.warnings == ()
     assert plan.root_certificates == ""
 
@@ -193,17 +198,32 @@ def test_serve_plan_with_tls(tmp_path: Path, certs: CertPaths) -> None:
                       insecure=False, local_partitions=range(0, 2))
 
     by_name = {p.name: p for p in plan.processes}
-    assert list(by_name) == ["superlink", "client-0", "client-1", "server"]
+    assert list(by_name) == ["superlink", "superexec", "gateway", "client-0", "client-1", "server"]
+    secret = str(tmp_path / "flwr" / "superexec.secret")
     link = by_name["superlink"].argv
+    loopback = f"127.0.0.1:{link[link.index('--port') + 1]}"
+    # the SuperLink (Control, Runtime and Fleet APIs) on loopback only, its runtime API keyed
     assert link[1:] == ("--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
-                        "--ssl-keyfile", str(certs.server_key), "--host", "0.0.0.0", "--port", "9092",
+                        "--ssl-keyfile", str(certs.server_key), "--host", "127.0.0.1",
+                        "--port", loopback.split(":")[1], "--isolation", "process",
+                        "--superexec-auth-secret-file", secret,
                         "--disable-runtime-dependency-installation")
+    assert loopback != "127.0.0.1:9092"
+    # the network reaches the gateway, with the same certificate, forwarding to loopback
+    assert by_name["gateway"].argv[1:] == (
+        "-m", "launcher.network.gateway", "--listen", "0.0.0.0:9092", "--upstream", loopback,
+        "--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key),
+        "--upstream-ca", str(certs.ca_cert))
+    superexec = by_name["superexec"].argv
+    assert superexec[1:] == ("--root-certificates", str(certs.ca_cert), "--runtime-api-address",
+                             loopback, "--superexec-auth-secret-file", secret)
     client = by_name["client-1"].argv
-    assert client[client.index("--superlink") + 1] == "127.0.0.1:9092"
+    assert client[client.index("--superlink") + 1] == loopback
     assert client[client.index("--root-certificates") + 1] == str(certs.ca_cert)
+    assert client[client.index("--superexec-auth-secret-file") + 1] == secret
     assert client[client.index("--node-config") + 1] == "partition-id=1 num-partitions=4"
     assert not any("--insecure" in p.argv for p in plan.processes)
-    assert plan.superlink_address == "127.0.0.1:9092"
+    assert plan.superlink_address == loopback
     assert plan.root_certificates == str(certs.ca_cert)
     assert plan.placement.warnings == ()
     assert "listening on 0.0.0.0:9092 with TLS" in plan.describe()

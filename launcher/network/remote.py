@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +16,16 @@ from fedcore.errors import UsageError
 from launcher.network import nodeauth
 from launcher.network.certs import CertPaths, covers, server_names
 from launcher.planning.bundle import toml_string
-from launcher.planning.placement import Placement, client_env
+from launcher.planning.placement import Placement
 from launcher.planning.plan import (
-    FEDERATION,
     FLWR_ENV,
     Plan,
-    bin_path,
     client_spec,
     cpu_threads,
-    flwr_home,
+    free_port,
+    serverapp_executor_spec,
+    submit_spec,
+    superlink_spec,
 )
 from launcher.supervision.procs import ProcessSpec
 
@@ -162,11 +164,13 @@ def serve_plan(
     executor: str = "warm",
     node_keys: Path | None = None,
 ) -> Plan:
-    """A SuperLink listening on `address` for cfg.clients nodes, clients for `local_partitions`
-    here (placed by `placement`, one entry each), and the `flwr run` submitter.
+    """A SuperLink for cfg.clients nodes, clients for `local_partitions` here (placed by
+    `placement`, one entry each), and the `flwr run` submitter.
 
-    TLS (the server certificate, key and CA in `certificates`) is required beyond loopback
-    unless `insecure`, which adds a warning to the plan.
+    The SuperLink listens on a free port of 127.0.0.1, where the local clients, the submitter
+    and node-key registration reach it; on `address` a gateway forwards only the Fleet API (what
+    SuperNodes use) to it. TLS (the server certificate, key and CA in `certificates`) is
+    required beyond loopback unless `insecure`, which adds a warning to the plan.
     """
     if len(local_partitions) != len(placement.client_gpu):
         raise ValueError("placement must place exactly the local partitions")
@@ -176,20 +180,23 @@ def serve_plan(
     if insecure and certificates is not None:
         raise UsageError("--insecure and --certificates contradict each other; drop one")
     reach = address.reachable()
+    link_port = free_port(LOCAL)
     warnings = list(placement.warnings)
     notes = list(placement.notes)
     certs: CertPaths | None = None
     if certificates is not None:
         certs = find_certificates(certificates)
         names = server_names(certs.server_cert)
-        if not covers(names, reach.host):
-            raise UsageError(f"{certs.server_cert} is valid for {', '.join(names)}, not {reach.host}; "
-                             f"remake it: fedlaunch certs DIR --host {reach.host} --force")
+        for host in (reach.host, LOCAL):  # the gateway serves `address`; the SuperLink, loopback
+            if not covers(names, host):
+                raise UsageError(f"{certs.server_cert} is valid for {', '.join(names)}, not {host}; "
+                                 f"remake it: fedlaunch certs DIR --host {reach.host} --force")
         server_tls: tuple[str, ...] = (
             "--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
             "--ssl-keyfile", str(certs.server_key))
-        notes.append(f"listening on {address} with TLS; clients join with --root-certificates "
-                     f"(a copy of {certs.ca_cert}); certificate valid for {', '.join(names)}")
+        notes.append(f"listening on {address} with TLS (the Fleet API only); clients join with "
+                     f"--root-certificates (a copy of {certs.ca_cert}); certificate valid for "
+                     f"{', '.join(names)}")
     elif address.loopback or insecure:
         server_tls = ("--insecure",)
         if not address.loopback:
@@ -206,29 +213,33 @@ def serve_plan(
         notes.append(f"SuperNode authentication: only the {len(registered)} node key(s) in "
                      f"{keys} may join")
     server_gpu = placement.gpus[0] if placement.gpus else None
-    specs = [ProcessSpec(
-        name="superlink", role="superlink",
-        argv=(bin_path("flower-superlink"), *server_tls, "--host", address.host,
-              "--port", str(address.port), "--disable-runtime-dependency-installation"),
-        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(server_gpu),
-             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"},
-        gpu=server_gpu.index if server_gpu else None,
-    )]
+    loopback = Address(LOCAL, link_port)
+    specs = [superlink_spec(run_dir, link_port, server_tls, server_gpu),
+             serverapp_executor_spec(run_dir, link_port, str(ca) if ca else None, server_gpu),
+             gateway_spec(address, loopback, certs)]
     threads = cpu_threads(max(1, len(local_partitions)))
     for partition_id, gpu_id in zip(local_partitions, placement.client_gpu, strict=True):
         node_config = f"partition-id={partition_id} num-partitions={cfg.clients}"
-        specs.append(client_spec(run_dir, partition_id, node_config, str(reach), tls, gpu_id,
+        specs.append(client_spec(run_dir, partition_id, node_config, str(loopback), tls, gpu_id,
                                  placement, threads, executor, signs_in(keys, partition_id)))
-    specs.append(ProcessSpec(
-        name="server", role="submit",
-        argv=(bin_path("flwr"), "run", str(run_dir / "app"), FEDERATION,
-              "--run-config", str(run_dir / "run_config.toml"), "--stream"),
-        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "submit")},
-    ))
+    specs.append(submit_spec(run_dir))
     placement = dataclasses.replace(placement, notes=tuple(notes), warnings=tuple(warnings))
-    return Plan("federated", cfg, run_dir, placement, tuple(specs), str(reach), max_restarts,
+    return Plan("federated", cfg, run_dir, placement, tuple(specs), str(loopback), max_restarts,
                 root_certificates=str(ca) if ca else "",
                 node_keys=tuple(str(k) for k in registered))
+
+
+def gateway_spec(address: Address, superlink: Address, certs: CertPaths | None) -> ProcessSpec:
+    """What faces the network: the Fleet API routes forwarded to the SuperLink on loopback, the
+    rest refused (launcher.network.gateway); TLS with the server certificate when there is one."""
+    tls = ("--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key),
+           "--upstream-ca", str(certs.ca_cert)) if certs else ()
+    return ProcessSpec(
+        name="gateway", role="gateway",
+        argv=(sys.executable, "-m", "launcher.network.gateway", "--listen", str(address),
+              "--upstream", str(superlink), *tls),
+        env={**FLWR_ENV, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def join_plan(

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from fedcore.config import RunConfig
 from fedcore.rundir import PROGRESS
+from launcher.network.runtime_secret import FLAG as SECRET_FLAG
+from launcher.network.runtime_secret import secret_path
 from launcher.planning.bundle import toml_table
+from launcher.planning.gpus import GpuInfo
 from launcher.planning.placement import Placement, client_env
 from launcher.supervision.procs import ProcessSpec
 
@@ -115,7 +118,8 @@ def client_spec(
     if executor == "warm":
         argv: tuple[str, ...] = (
             sys.executable, "-m", "launcher.shim.executor", "--superlink", superlink,
-            "--node-config", node_config, "--runtime-port", runtime_port, *tls, *extra)
+            "--node-config", node_config, "--runtime-port", runtime_port, *tls,
+            SECRET_FLAG, str(secret_path(run_dir)), *extra)
     else:
         argv = (bin_path("flower-supernode"), *tls, "--superlink", superlink,
                 "--node-config", node_config, "--host", "127.0.0.1", "--port", runtime_port,
@@ -127,6 +131,45 @@ def client_spec(
         env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, name), **client_env(gpu), **threads,
              "FEDLAUNCH_NODE_ID_FILE": str(node_id_file(run_dir, partition_id))},
         gpu=gpu_id, client=partition_id, restartable=True,
+    )
+
+
+def superlink_spec(run_dir: Path, port: int, tls: tuple[str, ...], gpu: GpuInfo | None) -> ProcessSpec:
+    """The SuperLink, on 127.0.0.1 only (`--serve` puts a Fleet-only gateway in front of it), in
+    process isolation: its runtime API hands the ServerApp's task only to AcquireTask calls signed
+    with the run's SuperExec secret."""
+    return ProcessSpec(
+        name="superlink", role="superlink",
+        argv=(bin_path("flower-superlink"), *tls, "--host", "127.0.0.1", "--port", str(port),
+              "--isolation", "process", SECRET_FLAG, str(secret_path(run_dir)),
+              "--disable-runtime-dependency-installation"),
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(gpu)},
+        gpu=gpu.index if gpu else None,
+    )
+
+
+def serverapp_executor_spec(run_dir: Path, port: int, ca: str | None,
+                            gpu: GpuInfo | None) -> ProcessSpec:
+    """Flower's SuperExec for the ServerApp, holding the secret (the one a SuperLink in subprocess
+    isolation starts itself would not); it starts each ServerApp process, on the server's GPU."""
+    tls = ("--root-certificates", ca) if ca else ("--insecure",)
+    return ProcessSpec(
+        name="superexec", role="superexec",
+        argv=(bin_path("flower-superexec"), *tls, "--runtime-api-address", f"127.0.0.1:{port}",
+              SECRET_FLAG, str(secret_path(run_dir))),
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(gpu),
+             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"},
+        gpu=gpu.index if gpu else None,
+    )
+
+
+def submit_spec(run_dir: Path) -> ProcessSpec:
+    """`flwr run` of the run's app, against the SuperLink on loopback (its FLWR_HOME says where)."""
+    return ProcessSpec(
+        name="server", role="submit",
+        argv=(bin_path("flwr"), "run", str(run_dir / "app"), FEDERATION,
+              "--run-config", str(run_dir / "run_config.toml"), "--stream"),
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "submit")},
     )
 
 
@@ -145,30 +188,13 @@ def federated_plan(
     threads = cpu_threads(cfg.clients)
     address = f"{host}:{port}"
     server_gpu = placement.gpus[0] if placement.gpus else None
-    specs = [
-        ProcessSpec(
-            name="superlink",
-            role="superlink",
-            argv=(bin_path("flower-superlink"), "--insecure", "--host", host, "--port", str(port),
-                  "--disable-runtime-dependency-installation"),
-            env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(server_gpu),
-                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"},
-            gpu=server_gpu.index if server_gpu else None,
-        )
-    ]
+    specs = [superlink_spec(run_dir, port, ("--insecure",), server_gpu),
+             serverapp_executor_spec(run_dir, port, None, server_gpu)]
     for i, gpu_id in enumerate(placement.client_gpu):
         node_config = f"partition-id={i} num-partitions={cfg.clients}"
         specs.append(client_spec(run_dir, i, node_config, address, ("--insecure",), gpu_id,
                                  placement, threads, executor))
-    specs.append(
-        ProcessSpec(
-            name="server",
-            role="submit",
-            argv=(bin_path("flwr"), "run", str(run_dir / "app"), FEDERATION,
-                  "--run-config", str(run_dir / "run_config.toml"), "--stream"),
-            env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "submit")},
-        )
-    )
+    specs.append(submit_spec(run_dir))
     return Plan("federated", cfg, run_dir, placement, tuple(specs), address, max_restarts)
 
 

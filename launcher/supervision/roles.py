@@ -27,6 +27,7 @@ class Role:
 ROLES: dict[str, Role] = {
     "superlink": Role("fatal"),
     "gateway": Role("fatal"),  # forwards the network to the SuperLink; retries until it answers
+    "superexec": Role("fatal"),  # starts the ServerApp process; retries until the SuperLink answers
     # SuperNodes retry until the SuperLink answers, so they start with it
     "supernode": Role("client", after_keys=True),
     # the worker pool (planning/pool.py): the host of every client's SuperNode, and the workers

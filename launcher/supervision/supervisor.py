@@ -25,6 +25,7 @@ from launcher.events import (
     RunFinished,
     RunStarted,
 )
+from launcher.network.runtime_secret import write_secret
 from launcher.planning.gpus import Nvml
 from launcher.planning.plan import Plan
 from launcher.supervision.departures import Departures
@@ -161,6 +162,8 @@ class Supervisor:
         self.rundir.append_metric("launch", mode=self.plan.mode, resumed=self.plan.resumed)
         if any(p.role == "superlink" for p in self.plan.processes):
             write_flower_files(self.plan)
+        if self.plan.mode != "local":  # a new SuperExec secret for this launch's runtime APIs
+            write_secret(self.plan.run_dir)
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -239,7 +242,7 @@ class Supervisor:
         """Remember every process's descendants; fail at once if the ServerApp process died."""
         for proc in self.processes.values():
             found = proc.remember_descendants()
-            if proc.spec.role == "superlink" and self._serverapp is None:
+            if proc.spec.role in ("superlink", "superexec") and self._serverapp is None:
                 self._serverapp = next((c for c in found if is_serverapp(c)), None)
         if self._serverapp is not None and not alive(self._serverapp):
             self._publish_events()
