@@ -18,9 +18,10 @@ from launcher.supervision.procs import ManagedProcess
 def child_base_env() -> dict[str, str]:
     """The environment children inherit, with this Python's scripts first on PATH.
 
-    Flower's processes start helpers (flower-superexec, flwr-serverapp) by name.
+    Flower's processes start helpers (flower-superexec, flwr-serverapp) by name. Flower's
+    internal variables (FLWR_INTERNAL_*) of the user's environment are not passed on.
     """
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_INTERNAL_")}
     scripts = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     return env
