@@ -388,27 +388,34 @@ def test_a_valid_profile_and_flags_pass_the_checks(tmp_path: Path) -> None:
 
 
 def test_interrupting_during_checks_exits_130(tmp_path: Path) -> None:
-    """Ctrl+C while the checks import torch: 130 and the one-line message, no traceback."""
+    """Ctrl+C while the launcher checks the data (decoding image folders): 130 and the one-line
+    message, no traceback, no run folder."""
     import signal
-    import time
 
     from tests.runs import child_env, fedlaunch_argv
 
-    proc = subprocess.Popen(fedlaunch_argv(*SYN, "--dry-run"), cwd=tmp_path, env=child_env(),
+    # Prepare: enough images that decoding them takes a while
+    write_image_folder(tmp_path / "data", n_train=3000, n_test=10)
+    proc = subprocess.Popen(fedlaunch_argv("--data-dir", "data", "--out", "run"), cwd=tmp_path,
+                            env=child_env({"XDG_CACHE_HOME": str(tmp_path / "cache")}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        time.sleep(1.0)
+        # Execute: interrupt once the launcher says it is decoding
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "decoding" in first, first
         os.kill(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    if proc.returncode == 0:
-        pytest.skip("the dry run finished before the interrupt arrived")
+
+    # Assert
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
     assert err.strip() == "fedlaunch: interrupted", err
+    assert not (tmp_path / "run").exists()
 
 
 # --- issue 11, item 7: the inputs that need more than one command ------------------------------
