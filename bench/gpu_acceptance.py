@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # for acceptance_steps when this file is imported, not run
 
 import psutil  # noqa: E402
-from acceptance_steps import STEPS, StepFailed, kill_group  # noqa: E402
+from acceptance_checks import StepFailed, kill_group  # noqa: E402
+from acceptance_steps import STEPS  # noqa: E402
 
 from tests.runs import alive, kill_tree  # noqa: E402
 
@@ -84,7 +85,7 @@ class Context:
         self.problems: list[str] = []
         self.figures: list[Figure] = []
         self.notes: list[str] = []
-        self._cleanups: list[Callable[[], None]] = []
+        self._cleanups: list[Callable[[], object]] = []
         self._log = (out / "acceptance.log").open("a", encoding="utf-8")
 
     # --- the log -------------------------------------------------------------------------
@@ -140,7 +141,7 @@ class Context:
         raise StepFailed(f"timed out after {timeout:.0f} s waiting for {what}")
 
     # --- processes -----------------------------------------------------------------------
-    def on_cleanup(self, fn: Callable[[], None]) -> None:
+    def on_cleanup(self, fn: Callable[[], object]) -> None:
         """Run `fn` when the step ends, however it ends (kill what it started)."""
         self._cleanups.append(fn)
 
@@ -254,9 +255,16 @@ def run_steps(ctx: Context, steps: Sequence[Step]) -> list[StepResult]:
         detail = "; ".join(reasons) if reasons else "; ".join(ctx.notes) or "all checks passed"
         seconds = time.monotonic() - started
         ctx.log(f"{status} {step.title} in {seconds:.1f} s: {detail}")
-        results.append(StepResult(step.name, status, round(seconds, 1), detail, list(ctx.figures)))
+        brief = "; ".join(one_line(r) for r in reasons) if reasons else one_line(detail, 300)
+        results.append(StepResult(step.name, status, round(seconds, 1), brief, list(ctx.figures)))
     ctx.step = ""
     return results
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """The first line of a reason, cut to `limit` characters, for the summary and the rows."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 # --- the machine ------------------------------------------------------------------------------
@@ -407,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             torch = {"torch": version("torch"), "cuda": None, "available": False}
         describe_machine(ctx, nvml, torch)
+        if ctx.cpu:
+            ctx.log("CPU dry run: each step runs with tiny settings on the CPU (2 clients, the CNN, "
+                    "600 images); the step titles name the GPU run's settings")
         results = run_steps(ctx, steps_for(args.steps, args.dry_run_cpu))
         write_report(ctx, results, started)
         return 0 if all(r.status == "PASS" for r in results) else 1

@@ -201,13 +201,13 @@ def test_bench_output_is_read_into_figures() -> None:
         "(c) local loop 4500 images/s vs seed PIL+DataLoader 1400 images/s: P2 = 3.21",
     ])
 
-    found = acceptance_steps().parse_bench(text)
+    found = acceptance_checks().parse_bench(text)
 
     assert found == {"bare": 21978, "fedlaunch": 19048, "mean_round": 2.62, "P1": 0.87, "P3": 0.31,
                      "P4": 7.9, "local": 4500, "seed": 1400, "P2": 3.21}
     with pytest.raises(acceptance.StepFailed, match="bench.py printed no line"):
-        acceptance_steps().parse_bench(text.replace("P2 = 3.21", ""))
+        acceptance_checks().parse_bench(text.replace("P2 = 3.21", ""))
 
 
-def acceptance_steps() -> ModuleType:
-    return sys.modules["acceptance_steps"]
+def acceptance_checks() -> ModuleType:
+    return sys.modules["acceptance_checks"]

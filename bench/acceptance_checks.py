@@ -1,0 +1,221 @@
+"""What bench/gpu_acceptance.py's steps read and check: settings, NVML, run folders, bench output."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from tests.runs import Run
+
+if TYPE_CHECKING:
+    from gpu_acceptance import Context
+
+GIB = 2**30
+MEMORY_SLACK = 256 * 2**20  # "memory back at its starting level": within 256 MiB of the first reading
+
+
+class StepFailed(Exception):
+    """A step could not go on; the message says why."""
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a process started in its own session, with its group; reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+# --- settings: the GPU run, or tiny ones for the CPU dry run --------------------------------------
+
+def gpus_flag(ctx: Context) -> str:
+    return "cpu" if ctx.cpu else str(ctx.gpu_id)
+
+
+def data_flags(ctx: Context) -> list[str]:
+    tiny = ["--limit-train", "600", "--limit-test", "200"] if ctx.cpu else []
+    return ["--dataset", "synthetic", "--partition", "iid", *tiny]
+
+
+def model_flags(ctx: Context, model: str = "mobilenetv2", batch: int = 128) -> list[str]:
+    if ctx.cpu:
+        return ["--model", "cnn", "--batch-size", "64"]
+    return ["--model", model, "--batch-size", str(batch)]
+
+
+def bench_args(ctx: Context, clients: int, model: str, batch: int) -> list[str]:
+    """bench.py's flags. GPU: 4 rounds of 5 local epochs, so that a round trains 50,000 images
+    (one epoch of the real CIFAR-10) across the clients; CPU: 2 clients, 2 tiny rounds."""
+    if ctx.cpu:
+        return ["--clients", "2", "--rounds", "2", "--model", "cnn", "--batch-size", "64",
+                "--dataset", "synthetic", "--limit-train", "600"]
+    return ["--clients", str(clients), "--rounds", "4", "--local-epochs", "5", "--model", model,
+            "--batch-size", str(batch), "--dataset", "synthetic"]
+
+
+# --- what NVML and the run folder say -----------------------------------------------------------
+
+_NVML: list[Any] = []
+
+
+def _pynvml() -> Any:
+    if not _NVML:
+        import pynvml  # type: ignore[import-untyped]
+
+        pynvml.nvmlInit()
+        _NVML.append(pynvml)
+    return _NVML[0]
+
+
+def gpu_processes(ctx: Context) -> dict[int, int | None]:
+    """pid -> bytes of memory it holds on the tested GPU, by NVML ({} in the CPU dry run)."""
+    if ctx.cpu:
+        return {}
+    nv = _pynvml()
+    handle = nv.nvmlDeviceGetHandleByIndex(ctx.gpu_id)
+    missing = getattr(nv, "NVML_VALUE_NOT_AVAILABLE_ulonglong", None)
+    missing = getattr(missing, "value", missing)
+    try:
+        procs = nv.nvmlDeviceGetComputeRunningProcesses(handle)
+    except nv.NVMLError:  # an older driver lacks the _v3 call the plain name maps to
+        procs = nv.nvmlDeviceGetComputeRunningProcesses_v2(handle)
+    found: dict[int, int | None] = {}
+    for p in procs:
+        used = p.usedGpuMemory
+        found[int(p.pid)] = None if used is None or used == missing else int(used)
+    return found
+
+
+def gpu_memory(ctx: Context) -> tuple[int, int]:
+    """(used, free) bytes on the tested GPU now."""
+    nv = _pynvml()
+    info = nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(ctx.gpu_id))
+    return int(info.used), int(info.free)
+
+
+def progress(out: Path, client: int) -> dict[str, Any]:
+    """Client `client`'s progress file ({} while there is none or it is being replaced)."""
+    try:
+        found: dict[str, Any] = json.loads((out / "progress" / f"client-{client}.json").read_text())
+        return found
+    except (OSError, ValueError):
+        return {}
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        return psutil.Process(pid).environ()
+    except psutil.Error:
+        return {}
+
+
+def check_pinned(ctx: Context, pid: int, who: str) -> None:
+    """The process's environment pins it the way placement promises (the UUID, PCI bus order)."""
+    env = environ(pid)
+    seen = {k: env.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+    if ctx.cpu:
+        ctx.check(seen["CUDA_VISIBLE_DEVICES"] == "", f"{who} (pid {pid}) hides every GPU: {seen}")
+        return
+    want = {"CUDA_VISIBLE_DEVICES": ctx.machine["gpu_uuid"], "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    ctx.check(seen == want, f"{who} (pid {pid}) is pinned by NVML's UUID of GPU {ctx.gpu_id}: {seen}")
+
+
+def check_on_gpu(ctx: Context, pids: dict[str, int]) -> None:
+    """Each process is in NVML's list for the tested GPU with memory of its own."""
+    if ctx.cpu:
+        ctx.note("NVML process list: not applicable in the CPU dry run")
+        return
+    want = set(pids.values())
+    try:
+        ctx.wait_until(lambda: want <= set(gpu_processes(ctx)), "NVML to list every client", 20, 0.5)
+    except StepFailed:
+        pass  # the checks below say which one is missing
+    listed = gpu_processes(ctx)
+    ctx.log(f"NVML GPU {ctx.gpu_id} processes (pid: MiB): "
+            + ", ".join(f"{p}: {'?' if m is None else m // 2**20}" for p, m in sorted(listed.items())))
+    for who, pid in sorted(pids.items()):
+        held = listed.get(pid)
+        said = ("not listed" if pid not in listed else "NVML gives no memory for it" if held is None
+                else f"{held / 2**20:.0f} MiB")
+        ctx.check(bool(held), f"{who} (pid {pid}) is in NVML's process list of GPU {ctx.gpu_id} "
+                              f"with its own memory ({said})")
+    if not want & set(listed) and len(listed) >= len(want):
+        ctx.note("NVML lists other pids than the clients': a container's PID namespace may hide them")
+
+
+def check_released(ctx: Context, seen: set[int], baseline: int | None) -> None:
+    """After a run: none of its processes on the GPU, and memory back to the level before it."""
+    if ctx.cpu or baseline is None:
+        return
+    def released() -> bool:
+        return not seen & set(gpu_processes(ctx)) and gpu_memory(ctx)[0] <= baseline + MEMORY_SLACK
+    try:
+        ctx.wait_until(released, "the GPU to be released", 20, 0.5)
+    except StepFailed:
+        pass
+    left = sorted(seen & set(gpu_processes(ctx)))
+    used = gpu_memory(ctx)[0]
+    ctx.check(not left, f"NVML lists no process of the run on GPU {ctx.gpu_id} after it ({left})")
+    ctx.check(used <= baseline + MEMORY_SLACK,
+              f"GPU {ctx.gpu_id} memory back at its starting level: {used / GIB:.2f} GiB in use, "
+              f"{baseline / GIB:.2f} GiB before")
+
+
+def ended(run: Run) -> Callable[[], str | None]:
+    """For waits on a run: once fedlaunch has exited, its exit code and its last own line."""
+    def why() -> str | None:
+        code = run.returncode()
+        if code is None:
+            return None
+        said = [line for line in run.stdout.splitlines() if line.startswith("fedlaunch: ")]
+        errors = [line for line in said if line.startswith("fedlaunch: error")]
+        return f"fedlaunch exited {code}: {(errors or said or ['(nothing)'])[0]}"
+    return why
+
+
+def check_nothing_left(ctx: Context, run: Run, grace: float = 8.0) -> None:
+    end = time.monotonic() + grace
+    while (left := run.leftovers()) and time.monotonic() < end:
+        time.sleep(0.3)
+    ctx.check(not left, f"no process of the run outlives fedlaunch ({len(run.seen)} seen, "
+                        f"{[p.pid for p in left]} left)")
+
+
+def baseline(ctx: Context) -> int | None:
+    return None if ctx.cpu else gpu_memory(ctx)[0]
+
+
+def parse_bench(text: str) -> dict[str, float]:
+    """The figures bench.py prints (its (a), (b), P1/P3/P4 and (c) lines) by name."""
+    patterns = {
+        ("bare", "bare_seconds"): r"\(a\) bare x\d+: \d+ images in [\d.]+ s = (\d+) images/s()",
+        ("fedlaunch", "mean_round"): r"\(b\) fedlaunch --executor warm: \d+ images in [\d.]+ s of "
+                                     r"rounds = (\d+) images/s; mean round ([\d.]+) s",
+        ("P1", "P3"): r"P1 = ([\d.]+)\s+P3 = (-?[\d.]+) s",
+        ("P4", ""): r"P4 = ([\d.]+) s()",
+        ("local", "seed"): r"\(c\) local loop (\d+) images/s vs seed PIL\+DataLoader (\d+) images/s",
+        ("P2", ""): r"P2 = ([\d.]+)()",
+    }
+    found: dict[str, float] = {}
+    for names, pattern in patterns.items():
+        match = re.search(pattern, text)
+        if match is None:
+            raise StepFailed(f"bench.py printed no line matching {pattern!r}")
+        for name, value in zip(names, match.groups(), strict=True):
+            if name and value:
+                found[name] = float(value)
+    return found
