@@ -19,7 +19,7 @@ from launcher.events import Event, EventBus, RoundFinished, RunFinished, RunStar
 from launcher.supervision.headless import FinalLine, HeadlessPrinter
 from launcher.supervision.watchdog import TOKEN_VAR, Watchdog, carries
 from launcher.tui.app import FedlaunchApp
-from tests.runs import SMALL, Run, describe, read_summary, rounds
+from tests.runs import SMALL, Run, describe, read_metrics, read_summary, rounds
 
 ARGS = ["--clients", "2", *SMALL, "--gpus", "cpu", "--headless", "--round-timeout", "20"]
 
@@ -204,18 +204,16 @@ def test_the_final_line_after_the_tui_is_the_one_headless_prints() -> None:
 # --- real runs -----------------------------------------------------------------------------------
 
 @pytest.mark.e2e
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_nothing_the_launcher_started_is_alive_10_s_after_it_is_killed(tmp_path: Path) -> None:
     """SIGKILL of fedlaunch mid-round: the SuperLink, SuperExec, ServerApp, SuperNodes, executors
     and `flwr run` all go (the watchdog sweeps the run's token; children also have a
     parent-death signal)."""
     with Run([*ARGS, "--rounds", "30"], tmp_path / "run", cwd=tmp_path) as run:
-        run.wait_for_event("round_start", round=2)
-        run.wait_for_role("serverapp")
-        run.snapshot()
-        roles = set(run.roles.values())
-        assert {"superlink", "superexec", "serverapp", "server", "client-0", "client-1",
-                "supernode-0", "supernode-1"} <= roles, roles
+        run.wait_for_event("round_start", round=1, timeout=240)
+        for role in ("superlink", "superexec", "serverapp", "server", "client-0", "client-1",
+                     "supernode-0", "supernode-1"):
+            run.wait_for_role(role)  # each alive now, in the launcher's tree
 
         run.root.kill()
         run.proc.wait(10)
@@ -226,10 +224,11 @@ def test_nothing_the_launcher_started_is_alive_10_s_after_it_is_killed(tmp_path:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_sighup_mid_round_stops_the_run_with_exit_129(tmp_path: Path) -> None:
     with Run([*ARGS, "--rounds", "30"], tmp_path / "run", cwd=tmp_path) as run:
-        run.wait_for_event("round_start", round=2)
+        run.wait_for_event("round_start", round=1, timeout=240)
+        run.wait_for_event("round_start", round=2, timeout=60)
 
         run.send(signal.SIGHUP)
 
@@ -237,17 +236,18 @@ def test_sighup_mid_round_stops_the_run_with_exit_129(tmp_path: Path) -> None:
         run.assert_no_orphans()
     summary = read_summary(run.out)
     assert summary["exit_reason"] == "hangup", summary
-    assert summary["rounds_completed"] >= 1
+    assert read_metrics(run.out)[-1] == {**read_metrics(run.out)[-1], "event": "end",
+                                         "exit_reason": "hangup"}
     assert "fedlaunch: hangup after" in run.stdout, run.stdout[-500:]
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_the_command_returns_soon_after_the_last_round(tmp_path: Path) -> None:
     """The 'end' record ends the run; every process stops at once. (The target, 1.5 s on an idle
     machine, is measured by bench/lifecycle.py; a busy two-core CI machine gets some slack.)"""
     with Run([*ARGS, "--rounds", "2"], tmp_path / "run", cwd=tmp_path) as run:
-        assert run.wait(120) == 0, run.report()
+        assert run.wait(240) == 0, run.report()
         returned = time.time()
         run.assert_no_orphans()
         run.wait_for_plots()  # drawn after the command returned, off its critical path
