@@ -41,6 +41,7 @@ from launcher.supervision.outcome import (
     STOP_SIGNALS,
     RunFailed,
 )
+from launcher.supervision.poolwait import wait_for_pool
 from launcher.supervision.procs import ManagedProcess, ProcessFactory, stop_all
 from launcher.supervision.roles import role, starts_at_once
 from launcher.supervision.startup import (
@@ -201,6 +202,10 @@ class Supervisor:
         for spec in later:
             if self._stop_reason:
                 return
+            if spec.role == "submit" and self.plan.pool_clients:  # see poolwait.py
+                workers = sum(1 for p in self.plan.processes if p.role == "worker")
+                await wait_for_pool(self.plan.run_dir, self.plan.pool_clients, workers,
+                                    lambda: self._stop_reason is not None, self.monotonic)
             await self._start(spec.name)
 
     # -- follow ---------------------------------------------------------------------------------
