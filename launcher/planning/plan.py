@@ -36,10 +36,14 @@ class Plan:
     resumed: bool = False
     root_certificates: str = ""  # the CA `flwr run` and local clients trust; "" = no TLS
     node_keys: tuple[str, ...] = ()  # public keys to register before any SuperNode starts
+    pool_clients: int = 0  # with a worker pool: the clients the client host runs (else 0)
+    workers_why: str = ""  # with a worker pool: why K workers (for --dry-run)
 
     @property
     def client_gpus(self) -> dict[int, int | None]:
         """The physical GPU (None: the CPU) of each client started here, by partition id."""
+        if self.pool_clients:  # clients hold no GPU; the workers that train them do
+            return dict.fromkeys(range(self.pool_clients))
         return {spec.client: spec.gpu for spec in self.processes
                 if spec.role in ("supernode", "local") and spec.client is not None}
 
@@ -62,6 +66,12 @@ class Plan:
         if self.superlink_address:
             tls = f" (TLS, trusting {self.root_certificates})" if self.root_certificates else ""
             lines.append(f"superlink: {self.superlink_address}{tls}")
+        if self.pool_clients:
+            workers = [p for p in self.processes if p.role == "worker"]
+            lines.append(f"clients: {self.pool_clients} Flower SuperNodes (partition-id 0-"
+                         f"{self.pool_clients - 1}) forked by one client host, no GPU")
+            lines.append(f"workers: {len(workers)} ({self.workers_why}), each trains any "
+                         "client's waiting task")
         for spec in self.processes:
             gpu = "cpu" if spec.gpu is None else f"GPU {spec.gpu}"
             lines.append(f"  {spec.name:<10} {gpu:<6} {shlex.join(spec.argv)}")
@@ -181,21 +191,32 @@ def federated_plan(
     superlink_port: int | None = None,
     max_restarts: int = 3,
     executor: str = "warm",
+    workers: int | None = None,
+    workers_why: str = "",
 ) -> Plan:
-    """SuperLink, one SuperNode per client pinned to its GPU, and the `flwr run` submitter."""
+    """SuperLink, one SuperNode per client pinned to its GPU, and the `flwr run` submitter;
+    with `workers` < clients, the clients on one client host and that many pinned workers."""
     host = "127.0.0.1"
     port = superlink_port or free_port(host)
-    threads = cpu_threads(cfg.clients)
+    pool = workers is not None and workers < cfg.clients and executor == "warm"
+    threads = cpu_threads(workers if pool and workers else cfg.clients)
     address = f"{host}:{port}"
     server_gpu = placement.gpus[0] if placement.gpus else None
     specs = [superlink_spec(run_dir, port, ("--insecure",), server_gpu),
              serverapp_executor_spec(run_dir, port, None, server_gpu)]
-    for i, gpu_id in enumerate(placement.client_gpu):
-        node_config = f"partition-id={i} num-partitions={cfg.clients}"
-        specs.append(client_spec(run_dir, i, node_config, address, ("--insecure",), gpu_id,
-                                 placement, threads, executor))
+    if pool:
+        from launcher.planning.pool import pool_specs
+
+        specs.extend(pool_specs(run_dir, cfg.clients, address, placement, FLWR_ENV, threads,
+                                max_restarts, ("--insecure", SECRET_FLAG, str(secret_path(run_dir)))))
+    else:
+        for i, gpu_id in enumerate(placement.client_gpu):
+            node_config = f"partition-id={i} num-partitions={cfg.clients}"
+            specs.append(client_spec(run_dir, i, node_config, address, ("--insecure",), gpu_id,
+                                     placement, threads, executor))
     specs.append(submit_spec(run_dir))
-    return Plan("federated", cfg, run_dir, placement, tuple(specs), address, max_restarts)
+    return Plan("federated", cfg, run_dir, placement, tuple(specs), address, max_restarts,
+                pool_clients=cfg.clients if pool else 0, workers_why=workers_why if pool else "")
 
 
 def local_plan(cfg: RunConfig, run_dir: Path, placement: Placement) -> Plan:
