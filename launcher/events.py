@@ -126,7 +126,7 @@ class WorkerInfo:
     """One pool worker as the client host last reported it (pool.json)."""
 
     name: str
-    gpu: str  # the CUDA_VISIBLE_DEVICES it was given ("cpu" without a GPU)
+    gpu: str  # the physical (NVML) id of its GPU, as the plan shows it, or "cpu"
     state: str  # "connecting", "idle", "starting", "training", "evaluating"
     client: int | None  # the client whose task it runs now
     images_per_s: float
