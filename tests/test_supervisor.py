@@ -227,7 +227,9 @@ def test_clients_that_keep_dying_fail_the_run_once_no_client_is_left(tmp_path: P
     assert "client failing" in finished.log_tail
     assert summary(tmp_path)["restarts"] == {"client-0": 1, "client-1": 1}
     restarted = [e.will_restart for e in events.of(ProcessExited)]
-    assert restarted.count(True) == 2 and restarted.count(False) == 2
+    # both die at the same moment: the run fails at the first final exit that finds the other
+    # client already dead, which may or may not have been reported by then
+    assert restarted.count(True) == 2 and restarted.count(False) in (1, 2), restarted
 
 
 def test_a_dead_superlink_fails_the_run_by_name_with_its_log_tail(tmp_path: Path) -> None:
