@@ -44,44 +44,38 @@ class Executor:
         self._acquirer = self._client(component="SuperExec")
 
     def _client(self, component: str, token: str | None = None) -> Any:
-        interceptors = [fi.get("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor")(
-            component_name=component)]
+        interceptors: list[Any] = [fi.RuntimeVersionHttpInterceptor(component_name=component)]
         if token is not None:
-            interceptors.append(fi.get("flwr.supercore.interceptors", "RuntimeTokenHttpInterceptor")(token))
+            interceptors.append(fi.RuntimeTokenHttpInterceptor(token))
         if component == "SuperExec" and self.secret is not None:
             # as flower-superexec signs it (flwr/supercore/superexec/run_superexec.py)
-            from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor
-
-            interceptors.append(SuperExecAuthHttpInterceptor(
+            interceptors.append(fi.SuperExecAuthHttpInterceptor(
                 master_secret=self.secret, protected_methods={"/flwr.proto.Runtime/AcquireTask"}))
-        retry = fi.get("flwr.supercore.retry", "make_simple_http_retry_invoker")()
+        retry = fi.make_simple_http_retry_invoker()
         giveup = retry.should_giveup
         # Flower retries a silent runtime API forever; stop once the SuperNode or launcher is gone.
         retry.should_giveup = lambda exc: not self.worth_retrying() or bool(giveup and giveup(exc))
-        return fi.get("flwr.supercore.runtime", "RuntimeHttpClient").from_server_address(
+        return fi.RuntimeHttpClient.from_server_address(
             server_address=self.address, insecure=True, root_certificates=None,
             interceptors=interceptors, retry_invoker=retry,
         )
 
     def acquire(self) -> str | None:
         """A task token when the SuperNode has a ClientApp task waiting, else None."""
-        request = fi.get("flwr.proto.runtime_pb2", "AcquireTaskRequest")(
-            supported_task_types=[fi.get("flwr.supercore.constant", "TaskType").CLIENT_APP])
+        request = fi.AcquireTaskRequest(supported_task_types=[fi.TaskType.CLIENT_APP])
         res = self._acquirer.AcquireTask(request)
         return res.token if res.HasField("task") and res.token else None
 
     def run_task(self, token: str) -> None:
         """What flwr-clientapp does for one task, without exiting afterwards."""
         client = self._client(component="flwr-clientapp", token=token)
-        heartbeat = fi.get("flwr.supercore.heartbeat", "HeartbeatSender")(
-            fi.get("flwr.supercore.heartbeat", "make_task_heartbeat_fn_http")(client))
+        heartbeat = fi.HeartbeatSender(fi.make_task_heartbeat_fn_http(client))
         heartbeat.start()
-        status = fi.get("flwr.common.constant", "SubStatus")
+        status = fi.SubStatus
         message = context = reply = None
         sub_status, details = status.FAILED, "ClientApp task failed for an unknown reason"
         try:
-            message, context, run, fab = fi.get(
-                "flwr.supernode.runtime.run_clientapp", "pull_task_input")(client)
+            message, context, run, fab = fi.pull_task_input(client)
             reply = self._app(run, fab)(message=message, context=context)
             sub_status, details = status.COMPLETED, ""
         except BundleRefused as exc:
@@ -91,7 +85,7 @@ class Executor:
             if message is not None:
                 from flwr.app import Error, Message
 
-                code = fi.get("flwr.common.constant", "ErrorCode").INVALID_FAB
+                code = fi.ErrorCode.INVALID_FAB
                 reply = Message(Error(code=code, reason=details), reply_to=message)
         except Exception as exc:  # noqa: BLE001 - reported to the server as the task's error
             self.log(ERROR, "ClientApp raised an exception", exc_info=exc)
@@ -99,15 +93,15 @@ class Executor:
             if message is not None:
                 from flwr.app import Error, Message
 
-                code = fi.get("flwr.common.constant", "ErrorCode").CLIENT_APP_RAISED_EXCEPTION
+                code = fi.ErrorCode.CLIENT_APP_RAISED_EXCEPTION
                 reply = Message(Error(code=code, reason=details), reply_to=message)
         finally:
             try:
                 if reply is not None and context is not None:
-                    fi.get("flwr.supernode.runtime.run_clientapp", "push_message")(
+                    fi.push_message(
                         client, reply, context)
             finally:
-                fi.get("flwr.supernode.runtime.run_clientapp", "push_task_output")(
+                fi.push_task_output(
                     client=client, context=context, sub_status=sub_status, details=details)
                 heartbeat.stop()
                 client.close()
@@ -118,13 +112,13 @@ class Executor:
         if key not in self.apps:
             check_bundle(fab.content, self.trusted)  # before a byte of it is written or imported
             started = time.perf_counter()
-            app_dir = fi.get("flwr.common.config", "get_project_dir")(
+            app_dir = fi.get_project_dir(
                 run.fab_id, run.fab_version, key)
             if not Path(app_dir).exists():
-                fi.get("flwr.cli.install", "install_from_fab")(fab.content, skip_prompt=True)
+                fi.install_from_fab(fab.content, skip_prompt=True)
             forget_app_modules(self.app_dir, Path(app_dir))
             self.app_dir = Path(app_dir)
-            self.apps = {key: fi.get("flwr.clientapp.utils", "get_load_client_app_fn")(
+            self.apps = {key: fi.get_load_client_app_fn(
                 "", None, True)(run.fab_id, run.fab_version, key)}
             self.log(INFO, "[fedlaunch] ClientApp of app %s loaded in %.2f s (kept warm)",
                      key[:8], time.perf_counter() - started)
@@ -146,7 +140,7 @@ def forget_app_modules(old_dir: Path | None, new_dir: Path) -> None:
 def fast_object_pulls() -> None:
     """The stock ClientApp waits 1 s before re-pulling a message's objects; wait 20 ms instead."""
     module = sys.modules["flwr.supernode.runtime.run_clientapp"]
-    pull = fi.get("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree")
+    pull = fi.pull_and_inflate_object_from_tree
     module.pull_and_inflate_object_from_tree = functools.partial(  # type: ignore[attr-defined]
         pull, initial_backoff=0.02, backoff_cap=0.2)
 

@@ -51,8 +51,7 @@ NODE_ID_FILE = "FEDLAUNCH_NODE_ID_FILE"
 
 def record_node_id(path: str) -> None:
     """Write every node id this SuperNode is given to `path` (write, then rename)."""
-    state_class = flwr_internals.get("flwr.supernode.nodestate.in_memory_nodestate",
-                                     "InMemoryNodeState")
+    state_class = flwr_internals.InMemoryNodeState
     set_node_id = state_class.set_node_id
 
     def set_and_record(self: Any, node_id: int | None) -> None:
@@ -86,7 +85,7 @@ def patient_sign_in(restarted: bool) -> None:
     why = ("the SuperLink still holds this node's previous connection" if restarted else
            "the SuperLink does not admit this node's key (yet): is its .pub among the serving "
            "fedlaunch's --node-keys?")
-    client_class = flwr_internals.get("flwr.supernode.fleet_http_client", "FleetHttpClient")
+    client_class = flwr_internals.FleetHttpClient
     activate = client_class.ActivateNode
 
     def patient(self: Any, request: Any) -> Any:
@@ -111,7 +110,7 @@ def main() -> None:
     module = sys.modules.get("flwr.supernode.start_client_internal")
     if module is None:
         import flwr.supernode.start_client_internal as module  # noqa: PLC0415
-    flwr_internals.get("flwr.supernode.start_client_internal", "time")
+    assert flwr_internals.supernode_time is not None  # the loop's `time`, which PromptTime replaces
     module.time = PromptTime()  # type: ignore[attr-defined]
     fast_object_pulls("flwr.supernode.start_client_internal")
     path = os.environ.get(NODE_ID_FILE)
@@ -119,7 +118,7 @@ def main() -> None:
         patient_sign_in(restarted=bool(path) and os.path.exists(path))
     if path:
         record_node_id(path)
-    flower_supernode = flwr_internals.get("flwr.supernode.cli.flower_supernode", "flower_supernode")
+    flower_supernode = flwr_internals.flower_supernode
     sys.argv[0] = "flower-supernode"
     flower_supernode()
 
