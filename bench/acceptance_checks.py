@@ -199,6 +199,14 @@ def baseline(ctx: Context) -> int | None:
     return None if ctx.cpu else gpu_memory(ctx)[0]
 
 
+def oom_report(text: str, gpu: int | None) -> re.Match[str] | None:
+    """fedlaunch's out-of-memory line: the client, its GPU with name and memory (or the CPU), the
+    hint; None when the output has no such line."""
+    where = "the CPU" if gpu is None else rf"GPU {gpu} \((.+?), ([\d.]+) of ([\d.]+) GiB in use\)"
+    return re.search(rf"client-\d+ ran out of memory on {where} in round \d+: .*use fewer clients "
+                     rf"per GPU .* smaller --batch-size \(now \d+\)", text)
+
+
 def parse_bench(text: str) -> dict[str, float]:
     """The figures bench.py prints (its (a), (b), P1/P3/P4 and (c) lines) by name."""
     patterns = {

@@ -35,6 +35,7 @@ from acceptance_checks import (  # noqa: E402
     gpus_flag,
     kill_group,
     model_flags,
+    oom_report,
     parse_bench,
     progress,
 )
@@ -261,8 +262,8 @@ def step_tui(ctx: Context) -> None:
         text = showing("FEDLAUNCH-EXIT=")
         return f"fedlaunch ended early:\n{text}" if text else None
 
-    first = ctx.wait_until(lambda: next(iter(rounds(out)), None), "round 1 to finish", 150, 0.3,
-                           abort=exited)
+    first = ctx.wait_until(lambda: next(iter(rounds(out)), None), "round 1 to finish",
+                           500 if ctx.cpu else 150, 0.3, abort=exited)
     # The panel's roomy form, "GPU 0 NAME" over "... 45%  12.3/139.8 GiB", or its compact one,
     # "GPU0 NAME ... 45% 12.3/139.8G 9p" (launcher/tui/gpus.py).
     panel_text = re.compile(rf"GPU ?{ctx.gpu_id}\b.*?(?:\n.*?)?(\d+)%\s+([\d.]+)/([\d.]+) ?G")
@@ -341,9 +342,7 @@ def step_oom(ctx: Context) -> None:
         ctx.on_cleanup(run.kill_all)
         code = run.wait(timeout=max(10.0, ctx.left() - 30))
         ctx.log("\n".join(line for line in run.stdout.splitlines() if line.startswith("fedlaunch:")))
-        where = r"the CPU" if ctx.cpu else rf"GPU {ctx.gpu_id} \((.+?), ([\d.]+) of ([\d.]+) GiB in use\)"
-        said = re.search(rf"client-\d ran out of memory on {where} in round \d+: .*use fewer clients "
-                         rf"per GPU .* smaller --batch-size \(now \d+\)", run.stdout)
+        said = oom_report(run.stdout, None if ctx.cpu else ctx.gpu_id)
         ctx.check(said is not None, f"the out-of-memory is named with {'the CPU' if ctx.cpu else 'its GPU'}"
                   f"{'' if ctx.cpu else ', its memory'} and the hint"
                   + (f": {said.group(0)[:200]}" if said else ""))
@@ -368,7 +367,7 @@ STEPS: list[tuple[str, str, float, float, Callable[[Context], None]]] = [
      step_pinning_restart),
     ("bench-mobilenetv2-8", "P1/P3/P4/P2: 8 clients MobileNetV2 b128 vs 8 bare processes", 170, 300,
      bench_step(8, "mobilenetv2", 128)),
-    ("tui-8", "the TUI in tmux at 160x48 during an 8-client run", 120, 300, step_tui),
+    ("tui-8", "the TUI in tmux at 160x48 during an 8-client run", 120, 700, step_tui),
     ("oom", "an induced out-of-memory", 90, 300, step_oom),
     ("p2-b32", "P2 at batch 32 (MobileNetV2)", 75, 120, step_p2_b32),
     ("bench-cnn-8", "P1/P3/P4: the CNN at 8 clients", 100, 300, bench_step(8, "cnn", 64)),

@@ -294,9 +294,10 @@ def nvml_facts(gpu_id: int) -> tuple[dict[str, Any], str | None]:
         return {}, f"--gpu {gpu_id}: NVML lists GPUs {sorted(devices)} only"
     gpu = devices[gpu_id]
     cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+    driver = pynvml.nvmlSystemGetDriverVersion()  # bytes from older bindings
     facts = {"gpu_name": gpu.name, "gpu_uuid": gpu.uuid, "gpu_count": len(devices),
              "memory_total": gpu.memory_total, "memory_free": gpu.memory_free,
-             "driver": str(pynvml.nvmlSystemGetDriverVersion()),
+             "driver": driver.decode() if isinstance(driver, bytes) else str(driver),
              "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}"}
     nvml.shutdown()
     return facts, None

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import psutil
 import pytest
 
 from launcher.planning.gpus import Nvml
+from tests.fake_nvml import GB, FakeGpu, FakeNvml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_acceptance.py"
@@ -211,3 +214,111 @@ def test_bench_output_is_read_into_figures() -> None:
 
 def acceptance_checks() -> ModuleType:
     return sys.modules["acceptance_checks"]
+
+
+# --- the GPU checks, against the fake NVML binding ----------------------------------------------------
+
+class NvmlWithMemory(FakeNvml):
+    """The fake binding, with memory per process as a real driver reports it."""
+
+    def __init__(self, gpus: list[FakeGpu], held: dict[int, int]) -> None:
+        super().__init__(gpus)
+        self.held = held
+        self.initialised = 1
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        gpu = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
+        return [SimpleNamespace(pid=pid, usedGpuMemory=self.held.get(pid)) for pid in gpu.pids]
+
+
+@pytest.fixture
+def gpu_ctx(tmp_path: Path) -> Iterator[Any]:
+    ctx = acceptance.Context(tmp_path, cpu=False, gpu_id=0, deadline=time.monotonic() + 60,
+                             echo=lambda _: None)
+    ctx.machine = {"gpu_uuid": "GPU-aaaa-bbbb", "gpu_name": "NVIDIA H200"}
+    yield ctx
+    ctx.close()
+
+
+def fake_nvml(monkeypatch: pytest.MonkeyPatch, pids: tuple[int, ...], held: dict[int, int],
+              used: int = 10 * GB) -> NvmlWithMemory:
+    lib = NvmlWithMemory([FakeGpu(uuid="GPU-aaaa-bbbb", memory_used=used, pids=pids)], held)
+    monkeypatch.setattr(acceptance_checks(), "_NVML", [lib])
+    return lib
+
+
+def pinned_child(uuid: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": uuid, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    return subprocess.Popen(["sleep", "30"], env=env)
+
+
+def test_pinned_clients_listed_by_nvml_with_their_own_memory_pass(
+        gpu_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    child = pinned_child("GPU-aaaa-bbbb")
+    try:
+        fake_nvml(monkeypatch, (child.pid, 999_999), {child.pid: 700 * 2**20})
+        checks = acceptance_checks()
+
+        checks.check_pinned(gpu_ctx, child.pid, "client-0")
+        checks.check_on_gpu(gpu_ctx, {"client-0": child.pid})
+    finally:
+        child.kill()
+        child.wait()
+
+    assert gpu_ctx.problems == []
+
+
+def test_a_client_nvml_does_not_list_or_pinned_elsewhere_fails(
+        gpu_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    child = pinned_child("GPU-cccc")
+    try:
+        fake_nvml(monkeypatch, (4242,), {4242: 700 * 2**20})
+        checks = acceptance_checks()
+        monkeypatch.setattr(gpu_ctx, "wait_until", lambda *a, **k: (_ for _ in ()).throw(
+            checks.StepFailed("no wait in this test")))
+
+        checks.check_pinned(gpu_ctx, child.pid, "client-0")
+        checks.check_on_gpu(gpu_ctx, {"client-0": child.pid})
+    finally:
+        child.kill()
+        child.wait()
+
+    assert len(gpu_ctx.problems) == 2
+    assert gpu_ctx.problems[0].startswith(f"client-0 (pid {child.pid}) is pinned by NVML's UUID of GPU 0")
+    assert gpu_ctx.problems[1] == (f"client-0 (pid {child.pid}) is in NVML's process list of GPU 0 "
+                                   "with its own memory (not listed)")
+    assert any("PID namespace" in note for note in gpu_ctx.notes)
+
+
+def test_memory_back_and_no_process_of_the_run_on_the_gpu(
+        gpu_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = acceptance_checks()
+    monkeypatch.setattr(gpu_ctx, "wait_until", lambda *a, **k: None)
+
+    fake_nvml(monkeypatch, (), {}, used=2 * GB)
+    checks.check_released(gpu_ctx, {101, 102}, baseline=2 * GB - 100 * 2**20)
+    assert gpu_ctx.problems == []
+
+    fake_nvml(monkeypatch, (102,), {102: GB}, used=3 * GB)
+    checks.check_released(gpu_ctx, {101, 102}, baseline=2 * GB)
+    assert gpu_ctx.problems[0] == "NVML lists no process of the run on GPU 0 after it ([102])"
+    assert gpu_ctx.problems[1].startswith("GPU 0 memory back at its starting level: 2.79 GiB in use")
+
+
+def test_the_out_of_memory_line_fedlaunch_prints_is_recognised() -> None:
+    from launcher.events import ClientProgress
+    from launcher.planning.gpus import Nvml as RealNvml
+    from launcher.supervision.observe import oom_text
+
+    lib = FakeNvml([FakeGpu(name="NVIDIA H200", memory_total=140 * GB, memory_used=139 * GB)])
+    plan = SimpleNamespace(client_gpus={0: 0, 1: 0}, cfg=SimpleNamespace(batch_size=5000))
+    event = ClientProgress(client=1, state="failed", round=1, gpu=0, error="out of memory",
+                           detail="CUDA out of memory. Tried to allocate 9.16 GiB")
+    line = f"fedlaunch: error: {oom_text(plan, RealNvml(lib), event)}"  # type: ignore[arg-type]
+
+    said = acceptance_checks().oom_report(line, 0)
+
+    assert said is not None, line
+    assert said.groups() == ("NVIDIA H200", "129.5", "130.4")
+    assert acceptance_checks().oom_report(line, 1) is None
+    assert acceptance_checks().oom_report(line.replace("smaller --batch-size", "other"), 0) is None
