@@ -223,7 +223,7 @@ def summarize(run: RunDir, *, mode: str, exit_reason: str, wall_seconds: float) 
     """summary.json's content, derived from metrics.jsonl alone."""
     unit = "epoch" if mode == "local" else "round"
     ends = [m for m in run.metrics() if m.get("event") == unit]
-    start = next((m for m in reversed(run.metrics()) if m.get("event") == "start"), {})
+    start: dict[str, Any] = next((m for m in reversed(run.metrics()) if m.get("event") == "start"), {})
     accuracies = [float(m["accuracy"]) for m in ends]
     train_images = int(ends[-1]["train_images"]) if ends else 0
     return {

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from fedcore.config import OPTIMIZERS, PRECISIONS, SCHEDULES, RunConfig, from_mapping, validate
 from fedcore.errors import UsageError
-from launcher.kinds import EXECUTORS
+from launcher.kinds import EXECUTORS, RunMode
 from launcher.planning.placement import Placement
 from launcher.planning.plan import Plan
 from launcher.planning.prepare import (
@@ -190,7 +190,7 @@ def launch_options(args: argparse.Namespace, local: bool, gpus: str | None,
         raise UsageError(f"--max-restarts must be 0 or more, got {max_restarts}")
     if local and (args.serve or args.join):
         raise UsageError("--local trains on this machine alone; drop --serve/--join, or --local")
-    mode = "local" if local else "join" if args.join else "federated"
+    mode: RunMode = "local" if local else "join" if args.join else "federated"
     return LaunchOptions(
         mode=mode, gpus=gpus, max_restarts=max_restarts, executor=args.executor, port=args.port,
         clients_per_gpu=args.clients_per_gpu, workers=args.workers, dry_run=args.dry_run,
