@@ -142,7 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             task = next_task(wire, lambda: stop["now"], parent)
             if task is None:
                 break
-            outcome = runner.run(str(task["address"]), str(task["token"]))
+            try:
+                outcome = runner.run(str(task["address"]), str(task["token"]))
+            except Exception as exc:  # noqa: BLE001 - the task fails; this worker goes on
+                outcome = {"status": f"failed: {type(exc).__name__}"}
+                print(f"fedlaunch: {args.name}: client-{task.get('client')}'s task failed: {exc}"
+                      + (" (its task token expired: this worker was starved of CPU past Flower's "
+                         "heartbeat window)" if "401" in str(exc) else ""), flush=True)
             wire.send(op="done", **outcome)
         wire.sock.close()
         if os.getppid() != parent:
