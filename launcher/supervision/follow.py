@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedcore.rundir import METRICS, PROGRESS
+from fedcore.rundir import METRICS, PROGRESS, json_records, split_lines
 from launcher.events import (
     ClientProgress,
     Event,
@@ -59,16 +59,9 @@ class RunFollower:
         except FileNotFoundError:
             return []
         self._offset += len(data)
-        data = self._partial + data
-        *lines, self._partial = data.split(b"\n")
+        lines, self._partial = split_lines(self._partial + data)
         events: list[Event] = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(record, dict):
-                continue
+        for record in json_records(lines):
             self.records.append(record)
             event = metric_event(record)
             if event is not None:
