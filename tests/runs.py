@@ -21,6 +21,8 @@ from typing import Any
 
 import psutil
 
+from fedcore.rundir import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FEDLAUNCH = BIN / "fedlaunch"
@@ -141,18 +143,22 @@ def kill_tree(procs: Iterable[psutil.Process]) -> None:
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1,
-               abort: Callable[[], str | None] | None = None) -> Any:
+               abort: Callable[[], str | None] | None = None,
+               detail: Callable[[], str] | None = None) -> Any:
     """Poll `check` until it returns something truthy; fail naming `what` at `timeout`, or as soon
-    as `abort` returns a reason."""
+    as `abort` returns a reason; `detail()` (a log's end, the screen) is added to the failure.
+    The tests' one polling loop."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         if abort is not None and (reason := abort()):
-            raise AssertionError(f"gave up waiting for {what}: {reason}")
+            raise AssertionError(f"gave up waiting for {what}: {reason}"
+                                 + (f"\n{detail()}" if detail else ""))
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                         + (f"\n{detail()}" if detail else ""))
 
 
 # --- run folders -----------------------------------------------------------------------------
@@ -173,21 +179,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def rounds(run_dir: Path, event: str = "round") -> list[dict[str, Any]]:
     """The finished rounds (or epochs, with event="epoch"), in file order; tolerates a torn last
-    line so it can be read while the run writes."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("event") == event:
-            out.append(record)
-    return out
+    line so it can be read while the run writes (the product's own reader)."""
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == event]
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

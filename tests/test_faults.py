@@ -24,6 +24,7 @@ from tests.runs import (
     read_metrics,
     read_summary,
     rounds,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -275,7 +276,7 @@ def test_sigint_while_the_server_aggregates_exits_130(tmp_path: Path) -> None:
             states = [read_state(progress / f"client-{i}.json") for i in (0, 1)]
             return all(s == ("waiting", 2) for s in states)
 
-        wait_for(both_replied, 60)
+        wait_until(both_replied, 60, "both clients to reply", interval=0.05)
         run.send(signal.SIGINT)
 
         assert_stopped_cleanly(run, 130, "interrupted")
@@ -301,9 +302,3 @@ def read_state(path: Path) -> tuple[str, int] | None:
         return None
     return record.get("state"), record.get("round")
 
-
-def wait_for(check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)

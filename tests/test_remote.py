@@ -45,7 +45,7 @@ from launcher.planning.placement import Placement
 from launcher.supervision.follow import RunFollower
 from launcher.supervision.hints import explain_failure
 from launcher.tui.state import RunState
-from tests.runs import run_cli
+from tests.runs import rounds, run_cli, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = RunConfig(dataset="synthetic", model="cnn", limit_train=600, limit_test=200, clients=2,
@@ -438,8 +438,7 @@ class Role:
 
 
 def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("event") == "round"]
+    return rounds(run_dir)
 
 
 def free_port() -> int:
@@ -567,11 +566,10 @@ def replies(run_dir: Path) -> list[int]:
 
 
 def wait_for(condition: Any, timeout: float, role: Role) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline or role.proc.poll() is not None:
-            pytest.fail(f"{role.name}: condition not met:\n{role.out.read_text()[-3000:]}")
-        time.sleep(0.2)
+    """runs.wait_until, giving up as soon as the role's fedlaunch has exited."""
+    wait_until(condition, timeout, f"{role.name}: condition", interval=0.2,
+               abort=lambda: None if role.proc.poll() is None else f"exit {role.proc.returncode}",
+               detail=lambda: role.out.read_text()[-3000:])
 
 
 # ---- the same across two network namespaces (root only) ---------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runs import SMALL, child_env, fedlaunch_argv, processes_mentioning
+from tests.runs import SMALL, child_env, fedlaunch_argv, processes_mentioning, wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -25,14 +25,12 @@ def screen(session: str) -> str:
 
 
 def wait_for_screen(session: str, needles: list[str], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
+    def shows() -> str | None:
         text = screen(session)
-        if all(n in text for n in needles):
-            return text
-        time.sleep(0.5)
-    raise AssertionError(f"screen never showed {needles}:\n{text}")
+        return text if all(n in text for n in needles) else None
+
+    return str(wait_until(shows, timeout, f"the screen to show {needles}", interval=0.5,
+                          detail=lambda: screen(session)))
 
 
 @pytest.mark.timeout(180)
