@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from launcher.kinds import ProcessRole, RunMode
+
 ClientState = Literal[
     "starting", "connected", "waiting", "training", "evaluating", "restarting", "failed", "stopped"
 ]
-Mode = Literal["federated", "local"]
+Mode = RunMode  # federated, local or join
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class ProcessStarted:
 
     name: str
     pid: int
-    role: str  # "superlink", "supernode", "submit", "local"
+    role: ProcessRole  # what each means: launcher.supervision.roles
     gpu: int | None = None
     client: int | None = None
 

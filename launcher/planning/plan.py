@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fedcore.config import RunConfig
 from fedcore.rundir import PROGRESS
+from launcher.kinds import RunMode
 from launcher.network.runtime_secret import FLAG as SECRET_FLAG
 from launcher.network.runtime_secret import secret_path
 from launcher.planning.bundle import toml_table
@@ -26,7 +27,7 @@ FEDERATION = "fedlaunch"
 class Plan:
     """Everything decided before the first process starts; `--dry-run` prints it."""
 
-    mode: str  # "federated" or "local"
+    mode: RunMode
     cfg: RunConfig
     run_dir: Path
     placement: Placement

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from launcher.kinds import ProcessRole
+
 STREAM_LIMIT = 1 << 20
 LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # Flower colours its log levels even into a pipe
@@ -44,7 +46,7 @@ class ProcessSpec:
     """How to start one child: what the plan shows and what the supervisor runs."""
 
     name: str
-    role: str  # "superlink", "supernode", "submit", "local"
+    role: ProcessRole  # what each means: launcher.supervision.roles
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     gpu: int | None = None
