@@ -607,37 +607,124 @@ def two_hosts() -> Iterator[tuple[str, str, str, str]]:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_serve_and_join_across_network_namespaces(tmp_path: Path,
                                                   two_hosts: tuple[str, str, str, str]) -> None:
-    # Prepare: the server in namespace A serves 10.213.N.1 with TLS and runs partition 0 itself;
-    # namespace B joins with partition 1 and only the CA file.
+    """Namespace A serves 10.213.N.1:9092 with TLS and node keys and runs partition 0; namespace B
+    joins with partition 1 and only the CA and its key. The run completes, and from B, mid-run,
+    the served address answers nothing but the Fleet API: every Control and Runtime route gets
+    403/404, the SuperLink's own port is closed, and `flwr supernode register` and a stranger's
+    `flwr run` against the served address fail."""
+    # Prepare
     ns_a, ns_b, host_a, _ = two_hosts
     tls = generate(tmp_path / "tls", [host_a])
-    ca_copy = tmp_path / "client-machine" / "ca.crt"
-    ca_copy.parent.mkdir()
+    generate_node_keys(tls.dir / "nodes", 2)
+    machine_b = tmp_path / "client-machine"
+    (machine_b / "keys").mkdir(parents=True)
+    ca_copy = machine_b / "ca.crt"
     shutil.copy(tls.ca_cert, ca_copy)
+    shutil.copy(tls.dir / "nodes" / "node-1.key", machine_b / "keys")
+    generate_node_keys(machine_b / "stranger", 1)
     address = f"{host_a}:9092"
-    serve = Role("serve", {"run_dir": str(tmp_path / "serve"), "clients": 2, "address": address,
-                           "certs": str(tls.dir), "local": [0, 1]}, ("ip", "netns", "exec", ns_a))
-    join = Role("join", {"run_dir": str(tmp_path / "client-machine" / "join"), "clients": 2,
-                         "ids": [1, 2], "address": address, "ca": str(ca_copy)},
+    serve_dir = tmp_path / "serve"
+    serve = Role("serve", {"run_dir": str(serve_dir), "clients": 2, "rounds": 6, "address": address,
+                           "certs": str(tls.dir), "keys": str(tls.dir), "local": [0, 1]},
+                 ("ip", "netns", "exec", ns_a))
+    join = Role("join", {"run_dir": str(machine_b / "join"), "clients": 2, "ids": [1, 2],
+                         "address": address, "ca": str(ca_copy), "keys": str(machine_b / "keys")},
                 ("ip", "netns", "exec", ns_b))
     try:
-        # Execute
-        served = serve.finish(300)
+        # Execute: probe from B once round 1 is in, while the run goes on
+        wait_for(lambda: len(replies(serve_dir)) >= 1, 400, serve)
+        link = tomllib.loads((serve_dir / "flwr" / "submit" / "config.toml").read_text())
+        link_port = int(link["superlink"]["fedlaunch"]["address"].rsplit(":", 1)[1])
+        probe = subprocess.run(
+            ["ip", "netns", "exec", ns_b, sys.executable, __file__, "probe", json.dumps({
+                "address": address, "link": f"{host_a}:{link_port}", "ca": str(ca_copy),
+                "home": str(machine_b / "stranger-flwr"), "app": str(machine_b / "app"),
+                "key": str(machine_b / "stranger" / "node-0.pub")})],
+            capture_output=True, text=True, timeout=240,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        served = serve.finish(400)
         left = join.stop()
     finally:
         serve.stop()
         join.stop()
 
-    # Assert
+    # Assert: the run completed with both clients
     assert served["exit_code"] == 0, serve.out.read_text()[-3000:]
-    assert [(r["round"], r["replies"]) for r in rounds_of(tmp_path / "serve")] == [(1, 2), (2, 2)]
+    assert [(r["round"], r["replies"]) for r in rounds_of(serve_dir)] == [(i, 2) for i in range(1, 7)]
     assert left is not None and left["exit_reason"] == "terminated"
-    log = (tmp_path / "client-machine" / "join" / "logs" / "client-1.log").read_text()
-    assert log.count("Receiving: train message") == 2
+    log = (machine_b / "join" / "logs" / "client-1.log").read_text()
+    assert log.count("Receiving: train message") == 6
+    # ... and from B nothing but the Fleet API answered
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    routes = found["routes"]
+    assert len(routes) > 40 and all(str(code) in ("403", "404") for code in routes.values()), routes
+    assert found["fleet"] == 401, found  # the gateway was up, forwarding to the SuperLink
+    assert found["superlink_port"] == "refused", found
+    for command in ("register", "run"):  # refused by the gateway, not unreachable
+        assert found[command]["code"] != 0 and "403" in found[command]["out"], found[command]["out"]
+    refusals = (serve_dir / "logs" / "gateway.log").read_text()
+    assert "refused POST /v1/control/start-run from 10.213." in refusals
+    assert "refused POST /v1/control/register-node from 10.213." in refusals
+
+
+def probe_served_address(spec: dict[str, Any]) -> int:
+    """From the joining machine: every Control and Runtime route (read from Flower's routers),
+    the SuperLink's loopback port, `flwr supernode register` and a stranger's `flwr run`."""
+    import importlib.util
+    import re
+    import ssl
+
+    import httpx
+
+    from launcher.planning.bundle import make_app
+    from launcher.planning.plan import FLWR_ENV, bin_path
+
+    def routes(prefix: str, module: str) -> list[str]:
+        source = Path(str(importlib.util.find_spec(module).origin)).read_text()  # type: ignore[union-attr]
+        return [prefix + p for p in re.findall(r'@router\.post\("(/[a-z-]+)"\)', source)]
+
+    paths = routes("/v1/control", "flwr.superlink.routers.control.router")
+    paths += routes("/v1/runtime", "flwr.supercore.routers.runtime.router")
+    paths += ["/v1/runtime/responses", "/health", "/docs", "/openapi.json"]
+    base = f"https://{spec['address']}"
+    out: dict[str, Any] = {"routes": {}}
+    home = Path(spec["home"])
+    write_flwr_config(home, spec["address"], Path(spec["ca"]))
+    make_app(Path(spec["app"]), CFG)
+    env = {**os.environ, **FLWR_ENV, "FLWR_HOME": str(home)}
+    for name, argv in (("register", ["supernode", "register", spec["key"], "fedlaunch"]),
+                       ("run", ["run", spec["app"], "fedlaunch"])):
+        done = subprocess.run([bin_path("flwr"), *argv], env=env, capture_output=True, text=True,
+                              timeout=90)
+        out[name] = {"code": done.returncode, "out": (done.stdout + done.stderr)[-2000:]}
+    with httpx.Client(verify=ssl.create_default_context(cafile=spec["ca"]), trust_env=False,
+                      timeout=15) as client:
+        for path in paths:
+            try:
+                code: object = client.post(base + path, content=b"",
+                                           headers={"content-type": "application/protobuf"}).status_code
+            except httpx.HTTPError as exc:
+                code = type(exc).__name__
+            out["routes"][path] = code
+        # last: a Fleet call still goes through to the SuperLink, whose node authentication
+        # refuses it (401), so the gateway was up during every probe above
+        out["fleet"] = client.post(base + "/v1/fleet/get-run", content=b"",
+                                   headers={"content-type": "application/protobuf"}).status_code
+    host, port = spec["link"].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        out["superlink_port"] = "open"
+    except OSError:
+        out["superlink_port"] = "refused"
+    print(json.dumps(out))
+    return 0
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "probe":
+        sys.exit(probe_served_address(json.loads(sys.argv[2])))
     sys.exit(run_role(sys.argv[1], json.loads(sys.argv[2])))
