@@ -412,3 +412,46 @@ def test_synthetic_has_a_learnable_but_imperfect_class_signal(synthetic: DataSpl
 def test_imageset_rejects_wrong_layout() -> None:
     with pytest.raises(ValueError, match="uint8"):
         ImageSet(np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2, np.int64))
+
+
+# --- the launcher's partition check: the training labels alone ---------------------------------
+
+@pytest.mark.parametrize("limit", [None, 600])
+def test_synthetic_labels_alone_match_the_full_set(limit: int | None) -> None:
+    full = load_dataset("synthetic", seed=5, limit_train=limit, log=lambda _: None)
+
+    labels = data.load_train_labels("synthetic", seed=5, limit_train=limit)
+
+    assert labels.dtype == np.int64 and np.array_equal(labels, full.train.labels)
+
+
+def test_cifar10_labels_are_read_from_their_own_cache(tmp_path: Path) -> None:
+    """After one full load, the labels come from `<cache>.labels.npy`: the images' cache is not
+    read (here it is even replaced by garbage)."""
+    # Prepare
+    write_batches_py(tmp_path / "d", n_train=100, n_test=20)
+    full = load_quiet(tmp_path / "d", seed=1, limit_train=30)
+    [images_cache] = (tmp_path / "d").glob("fedlaunch-cifar10-*.npz")
+    labels_cache = images_cache.with_name(images_cache.name.removesuffix(".npz") + ".labels.npy")
+    assert labels_cache.is_file()
+    images_cache.write_bytes(b"not read")
+
+    # Execute
+    labels = data.load_train_labels("cifar10", tmp_path / "d", seed=1, limit_train=30,
+                                    download=False, log=lambda _: None)
+
+    # Assert
+    assert np.array_equal(labels, full.train.labels)
+
+
+def test_cifar10_labels_from_an_older_cache_without_a_labels_file(tmp_path: Path) -> None:
+    write_batches_py(tmp_path / "d", n_train=100, n_test=20)
+    full = load_quiet(tmp_path / "d")
+    [labels_cache] = (tmp_path / "d").glob("fedlaunch-cifar10-*.labels.npy")
+    labels_cache.unlink()
+    logged: list[str] = []
+
+    labels = data.load_train_labels("cifar10", tmp_path / "d", download=False, log=logged.append)
+
+    assert np.array_equal(labels, full.train.labels)
+    assert labels_cache.is_file() and logged == []  # nothing decoded again
