@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from tests.runs import Run
+from tests.runs import Run, describe
 
 if TYPE_CHECKING:
     from gpu_acceptance import Context
@@ -191,8 +191,8 @@ def check_nothing_left(ctx: Context, run: Run, grace: float = 8.0) -> None:
     end = time.monotonic() + grace
     while (left := run.leftovers()) and time.monotonic() < end:
         time.sleep(0.3)
-    ctx.check(not left, f"no process of the run outlives fedlaunch ({len(run.seen)} seen, "
-                        f"{[p.pid for p in left]} left)")
+    ctx.check(not left, f"no process of the run outlives fedlaunch ({len(run.seen)} seen; "
+                        f"left: {describe(left) or 'none'})")
 
 
 def baseline(ctx: Context) -> int | None:
