@@ -63,7 +63,7 @@ def record_node_id(path: str) -> None:
                 fh.write(f"{node_id}\n")
             os.replace(tmp, path)
 
-    state_class.set_node_id = set_and_record
+    state_class.set_node_id = set_and_record  # type: ignore[method-assign]
 
 
 RESTART_PATIENCE = 75.0  # Flower marks a silent node offline after two missed 30 s heartbeats
@@ -103,7 +103,7 @@ def patient_sign_in(restarted: bool) -> None:
                     told = True
                 time.sleep(1)
 
-    client_class.ActivateNode = patient
+    client_class.ActivateNode = patient  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -111,11 +111,11 @@ def main() -> None:
     if module is None:
         import flwr.supernode.start_client_internal as module  # noqa: PLC0415
     assert flwr_internals.supernode_time is not None  # the loop's `time`, which PromptTime replaces
-    module.time = PromptTime()  # type: ignore[attr-defined]
+    module.time = PromptTime()  # type: ignore[union-attr]
     fast_object_pulls("flwr.supernode.start_client_internal")
     path = os.environ.get(NODE_ID_FILE)
     if "--auth-supernode-private-key" in sys.argv:
-        patient_sign_in(restarted=bool(path) and os.path.exists(path))
+        patient_sign_in(restarted=path is not None and os.path.exists(path))
     if path:
         record_node_id(path)
     flower_supernode = flwr_internals.flower_supernode
