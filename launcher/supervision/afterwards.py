@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-PLOT = ("import sys; from fedcore.rundir import RunDir, plot_curves; "
-        "plot_curves(RunDir(sys.argv[1]))")
+PLOT = ("import os, sys; os.nice(10); from fedcore.rundir import RunDir, plot_curves; "
+        "plot_curves(RunDir(sys.argv[1]))")  # niced in the child: no preexec, a cheap spawn
 
 
 def start_plots(run_dir: Path) -> subprocess.Popen[bytes] | None:
@@ -29,6 +29,6 @@ def start_plots(run_dir: Path) -> subprocess.Popen[bytes] | None:
     with (run_dir / "logs" / "plots.log").open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-c", PLOT, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=lambda: os.nice(10),
+            stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "MPLBACKEND": "Agg"},
         )
