@@ -67,7 +67,7 @@ class Supervisor:
         poll_interval: float = 0.1,
         gpu_interval: float = 1.0,
         stop_timeout: float = 3.0,
-        finish_grace: float = 0.3,
+        finish_grace: float = 0.1,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         factory: ProcessFactory = ManagedProcess,
