@@ -117,6 +117,10 @@ def run_pool(args: argparse.Namespace, clients: int, out: Path) -> dict[str, Any
     tasks = [json.loads(line) for line in (out / "workers.jsonl").read_text().splitlines()]
     train = [t for t in tasks if t.get("type") == "train" and t.get("status") == "completed"
              and t.get("sent") and t.get("app_start")]
+    if not train:
+        statuses = sorted({str(t.get("status")) for t in tasks})
+        raise SystemExit(f"fedlaunch --clients {clients}: no completed train task ({statuses}); "
+                         f"see {out}")
     dispatch = [t["app_start"] - t["created"] for t in train]
     back = [t["sent"] - t["app_end"] for t in train]
     span = rounds[-1]["time"] - starts[0]["time"]
@@ -158,6 +162,7 @@ def main() -> None:
     parser.add_argument("--fraction-train", type=float, default=0.25)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images-per-client", type=int, default=100)
+    parser.add_argument("--keep", help="keep each run folder under this folder")
     args = parser.parse_args()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} CPU x{os.cpu_count()}, load "
           f"{os.getloadavg()[0]:.1f}; {' '.join(sys.argv[1:])}")
@@ -166,7 +171,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for clients in args.clients:
-            r = run_pool(args, clients, Path(tmp) / f"n{clients}")
+            r = run_pool(args, clients, Path(args.keep or tmp) / f"n{clients}")
             bare = run_bare(args, int(r["images"]))
             print(f"| {clients} | {args.workers} | {r['connected_s']:.1f} s | "
                   f"{r['peak_pss_mb']:.0f} MB | {r['client_pss_mb']:.1f} MB / "
