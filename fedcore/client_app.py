@@ -21,10 +21,12 @@ from fedcore.rundir import PROGRESS, write_json_atomic
 from fedcore.task import client_share, load_split
 from fedcore.train import (
     DeviceData,
+    device_data,
     evaluate,
     make_optimizer,
     pick_device,
     prepare_model,
+    seed_torch,
     seeded_generator,
     train_epochs,
 )
@@ -51,7 +53,8 @@ def client_state(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clie
     """Model and device-resident data for this client, built once per process and config."""
     cfg = own_data(cfg)
     key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, cfg.seed,
-           cfg.partition, cfg.model, cfg.augment, partition_id, num_partitions)
+           cfg.partition, cfg.model, cfg.augment, cfg.normalize, cfg.image_size, partition_id,
+           num_partitions)
     if os.environ.get("FEDLAUNCH_SHARED_DATA"):  # a pool worker: one data set, many clients
         from fedcore.shared_data import client_view
 
@@ -69,8 +72,8 @@ def client_state(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clie
             key=key,
             device=device,
             model=prepare_model(build_model(cfg.model), device),
-            train=DeviceData(share, device, augment=cfg.augment),
-            test=DeviceData(split.test, device, augment=False),
+            train=device_data(share, device, cfg, train=True),
+            test=device_data(split.test, device, cfg, train=False),
         )
         _STATE["client"] = state
     return state
@@ -161,6 +164,7 @@ def train(msg: Message, context: Context) -> Message:
     train_started = time.time()
     try:
         simulate_oom(partition_id)
+        seed_torch(cfg.seed, partition_id, server_round)  # dropout draws: the same after a restart
         stats = train_epochs(
             state.model, state.train, optimizer,
             epochs=epochs, batch_size=cfg.batch_size, precision=cfg.precision,
@@ -176,6 +180,7 @@ def train(msg: Message, context: Context) -> Message:
                    samples=stats.samples, train_loss=stats.loss)
     metrics = MetricRecord({
         "train-loss": stats.loss,
+        "train-accuracy": stats.accuracy,
         "num-examples": len(state.train),
         "train-seconds": stats.seconds,
         "train-started": train_started,

@@ -5,14 +5,26 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
+from fedcore.catalog import (
+    AUGMENTS,
+    MODEL_NAMES,
+    MODEL_RECIPES,
+    NORMALIZATIONS,
+    PRETRAINED_FILES,
+    STRATEGY_NAMES,
+    check_strategy,
+)
 from fedcore.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("none", "cosine")
+SCHEDULES = ("none", "cosine", "exp:GAMMA")
 PRECISIONS = ("auto", "bf16", "fp32")
-STRATEGIES = ("fedavg", "fedprox:MU", "fedadam")
+STRATEGIES = STRATEGY_NAMES
+DEFAULT_MODEL = "cnn"
+CROP24 = 24
 
 
 @dataclass(frozen=True)
@@ -30,18 +42,22 @@ class RunConfig:
     limit_test: int = 0
     partition: str = "dirichlet:0.5"
     clients: int = 2
-    model: str = "cnn"
+    model: str = DEFAULT_MODEL
+    pretrained: bool = False
+    weights: str = ""
+    image_size: int = 0
     rounds: int = 10
     local_epochs: int = 1
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 32
     eval_batch_size: int = 1000
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 0.0
     schedule: str = "none"
-    augment: bool = True
+    augment: str = "flip"
+    normalize: str = "cifar"
     strategy: str = "fedavg"
     fraction_train: float = 1.0
     seed: int = 0
@@ -77,6 +93,8 @@ def coerce(key: str, value: Any, where: str) -> Any:
         known = ", ".join(sorted(FIELD_TYPES))
         raise UsageError(f"{where}: unknown setting '{key}' (known: {known})")
     want = FIELD_TYPES[key]
+    if key == "augment" and isinstance(value, bool):  # before --augment NAME: a boolean
+        return "flip-crop" if value else "none"
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if want is int and isinstance(value, float) and value.is_integer():
@@ -92,6 +110,30 @@ def from_mapping(values: dict[str, Any], where: str, base: RunConfig | None = No
     """Build a RunConfig from kebab-case keys (a profile, run_config, config.json)."""
     changes = {k.replace("-", "_"): coerce(k, v, where) for k, v in values.items()}
     return (base or RunConfig()).replace(**changes)
+
+
+def from_layers(layers: list[tuple[str, dict[str, Any]]]) -> RunConfig:
+    """Defaults, then the chosen model's recipe, then each layer (a profile, the command line).
+
+    A user who sets only --model gets that model's optimizer, learning rate, batch size, weight
+    decay, schedule, augmentation and normalisation (fedcore.catalog.MODEL_RECIPES); any layer
+    that names one of them wins.
+    """
+    model = DEFAULT_MODEL
+    for where, values in layers:
+        if "model" in values:
+            model = coerce("model", values["model"], where)
+    cfg = RunConfig()
+    if model in MODEL_RECIPES:
+        cfg = from_mapping(MODEL_RECIPES[model], f"recipe of {model}", cfg)
+    for where, values in layers:
+        cfg = from_mapping(values, where, cfg)
+    return cfg
+
+
+def recipe_of(model: str) -> RunConfig:
+    """RunConfig() with `model` and its recipe."""
+    return from_layers([("--model", {"model": model})])
 
 
 def from_run_config(run_config: dict[str, Any]) -> RunConfig:
@@ -130,10 +172,40 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--round-timeout must be greater than 0 seconds, got {cfg.round_timeout}")
     choices = {
         "optimizer": (cfg.optimizer, OPTIMIZERS),
-        "schedule": (cfg.schedule, SCHEDULES),
         "precision": (cfg.precision, PRECISIONS),
+        "model": (cfg.model, MODEL_NAMES),
+        "augment": (cfg.augment, tuple(AUGMENTS)),
+        "normalize": (cfg.normalize, tuple(NORMALIZATIONS)),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise UsageError(f"unknown --{key} '{value}': use one of {', '.join(allowed)}")
+    schedule_gamma(cfg.schedule)
+    check_strategy(cfg.strategy)
+    if not 0 <= cfg.image_size <= 1024:
+        raise UsageError(f"--image-size must be 0 (the data's own 32) to 1024 pixels, got {cfg.image_size}")
+    if cfg.model == "tfcnn" and (cfg.image_size or (CROP24 if cfg.augment == "crop24" else 32)) != CROP24:
+        raise UsageError("--model tfcnn takes 24x24 images: use --augment crop24 or --image-size 24")
+    if cfg.pretrained and cfg.weights:
+        raise UsageError("give --pretrained or --weights FILE, not both")
+    if cfg.pretrained and cfg.model not in PRETRAINED_FILES:
+        raise UsageError(f"--pretrained: no ImageNet weights for --model {cfg.model}; "
+                         f"use one of {', '.join(sorted(PRETRAINED_FILES))}")
+    if cfg.weights and not Path(cfg.weights).expanduser().is_file():
+        raise UsageError(f"--weights {cfg.weights}: no such file")
     return cfg
+
+
+def schedule_gamma(schedule: str) -> float | None:
+    """The per-step factor of an `exp:GAMMA` schedule, None for the others; UsageError when bad."""
+    name, _, arg = schedule.partition(":")
+    if name in ("none", "cosine") and not arg:
+        return None
+    if name == "exp":
+        try:
+            gamma = float(arg)
+        except ValueError:
+            gamma = -1.0
+        if 0 < gamma <= 1:
+            return gamma
+    raise UsageError(f"unknown --schedule '{schedule}': use none, cosine or exp:GAMMA (0 < GAMMA <= 1)")

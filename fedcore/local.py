@@ -10,16 +10,17 @@ import torch
 
 from fedcore.config import RunConfig, from_mapping
 from fedcore.errors import UsageError
-from fedcore.models import build_model
+from fedcore.models import initial_model
 from fedcore.rundir import PROGRESS, RunDir, summarize, write_json_atomic
 from fedcore.task import load_split
 from fedcore.train import (
-    DeviceData,
+    device_data,
     evaluate,
     make_optimizer,
     pick_device,
     prepare_model,
     scheduled_lr,
+    seed_torch,
     seeded_generator,
     train_epochs,
 )
@@ -30,10 +31,10 @@ def run_local(cfg: RunConfig, run: RunDir) -> dict[str, object]:
     started = time.time()
     device = pick_device()
     split = load_split(cfg)
-    train = DeviceData(split.train, device, augment=cfg.augment)
-    test = DeviceData(split.test, device, augment=False)
+    train = device_data(split.train, device, cfg, train=True)
+    test = device_data(split.test, device, cfg, train=False)
     torch.manual_seed(cfg.seed)
-    model = prepare_model(build_model(cfg.model), device)
+    model = prepare_model(initial_model(cfg), device)
     optimizer = make_optimizer(model, cfg, cfg.lr)
     progress_path = run.path / PROGRESS / "client-0.json"
     first_epoch, best, train_images = 1, -1.0, 0
@@ -64,6 +65,7 @@ def run_local(cfg: RunConfig, run: RunDir) -> dict[str, object]:
                 "time": round(time.time(), 3),
             })
 
+        seed_torch(cfg.seed, epoch)  # dropout: the same draws for this epoch in any process
         stats = train_epochs(
             model, train, optimizer, epochs=1, batch_size=cfg.batch_size,
             precision=cfg.precision, generator=seeded_generator(device, cfg.seed, epoch),
@@ -80,12 +82,13 @@ def run_local(cfg: RunConfig, run: RunDir) -> dict[str, object]:
             run.save_checkpoint("best", state)
         run.append_metric(
             "epoch", epoch=epoch, total=cfg.epochs, accuracy=accuracy, loss=loss,
-            train_loss=stats.loss, replies=1, failures=0,
+            train_loss=stats.loss, train_accuracy=stats.accuracy, replies=1, failures=0,
             seconds=round(time.time() - epoch_started, 3), train_images=train_images,
             best_accuracy=best, client_train_seconds=stats.seconds,
         )
         print(f"epoch {epoch}/{cfg.epochs}: accuracy {accuracy:.4f} loss {loss:.4f} "
-              f"train loss {stats.loss:.4f} ({stats.samples / stats.seconds:.0f} images/s)",
+              f"train loss {stats.loss:.4f} train accuracy {stats.accuracy:.4f} "
+              f"({stats.samples / stats.seconds:.0f} images/s)",
               flush=True)
     run.append_metric("end", exit_reason="completed")
     summary = summarize(run, mode="local", exit_reason="completed", wall_seconds=time.time() - started)

@@ -243,7 +243,7 @@ def summarize(run: RunDir, *, mode: str, exit_reason: str, wall_seconds: float) 
 
 
 def plot_curves(run: RunDir) -> list[Path]:
-    """accuracy.png and loss.png of the run's test accuracy and loss per round or epoch."""
+    """accuracy.png and loss.png of the run's test (and, where recorded, train) accuracy and loss."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +257,13 @@ def plot_curves(run: RunDir) -> list[Path]:
     written = []
     for key, label in (("accuracy", "test accuracy"), ("loss", "test loss")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        ax.plot(xs, [m[key] for m in records], marker="o", markersize=3)
+        ax.plot(xs, [m[key] for m in records], marker="o", markersize=3, label=label)
+        train = [(x, m[f"train_{key}"]) for x, m in zip(xs, records, strict=True)
+                 if isinstance(m.get(f"train_{key}"), (int, float))]
+        if train:  # as trained: augmented batches, the model still moving during the epoch
+            ax.plot(*zip(*train, strict=True), marker="o", markersize=3, linestyle="--",
+                    label=f"train {key}")
+            ax.legend(fontsize="small")
         ax.set_xlabel(unit)
         ax.set_ylabel(label)
         ax.set_title(f"{run.path.name}: {label}")

@@ -15,12 +15,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcore.config import RunConfig, from_run_config
 from fedcore.flwr_tuning import fast_object_pulls
-from fedcore.models import build_model
+from fedcore.models import initial_model
 from fedcore.partition import parse_partition, partition_indices, partition_stats
 from fedcore.rundir import DEPARTED, RunDir, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
-from fedcore.train import DeviceData, evaluate, pick_device, prepare_model, scheduled_lr
+from fedcore.train import DeviceData, device_data, evaluate, pick_device, prepare_model, scheduled_lr
 from fedcore.weights import load_record, to_record
 
 app = ServerApp()
@@ -49,9 +49,9 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
     )
     run.write_partitions(partition_stats(split.train.labels, parts, split.classes,
                                          spec=parse_partition(cfg.partition)))
-    test = DeviceData(split.test, device, augment=False)
+    test = device_data(split.test, device, cfg, train=False)
     torch.manual_seed(cfg.seed)
-    model = prepare_model(build_model(cfg.model), device)
+    model = prepare_model(initial_model(cfg), device)
 
     first_round, train_images, best = 1, 0, -1.0
     resumed = run.resume_checkpoint(warn=lambda text: log(WARNING, text))
@@ -148,6 +148,7 @@ def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test:
     run.append_metric(
         "round", round=t.round, total=cfg.rounds, accuracy=accuracy, loss=loss,
         train_loss=t.train_metrics.get("train-loss") if t.train_metrics else None,
+        train_accuracy=t.train_metrics.get("train-accuracy") if t.train_metrics else None,
         replies=len(t.ok), failures=t.sent - len(t.ok),
         clients=[int(m["partition-id"]) for m in metrics],
         seconds=round((next_started or time.time()) - t.started, 3), train_images=train_images,

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from fedcore.config import RunConfig
+from fedcore.augment import DeviceData
+from fedcore.config import RunConfig, schedule_gamma
 from fedcore.data import ImageSet
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-PAD = 4
 
 # (epoch, batch, batches, samples seen in this call, mean loss of the last finished epoch)
 ProgressFn = Callable[[int, int, int, int, "float | None"], None]
@@ -32,44 +29,10 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cuda" and precision in ("auto", "bf16")
 
 
-class DeviceData:
-    """A labelled image set as uint8 on the device, normalised and augmented there per batch."""
-
-    def __init__(self, images: ImageSet, device: torch.device, *, augment: bool) -> None:
-        chw = torch.from_numpy(np.ascontiguousarray(images.images.transpose(0, 3, 1, 2)))
-        self.device = device
-        self.augment = augment
-        self.labels = torch.from_numpy(images.labels.astype(np.int64)).to(device)
-        self.count = len(images)
-        if augment:
-            chw = nn.functional.pad(chw, (PAD, PAD, PAD, PAD), mode="constant", value=0)
-        self.images = chw.to(device)
-        self.mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1) * 255
-        self._range = torch.arange(32, device=device)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def batch(self, index: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Normalised float images for `index`: randomly cropped and flipped when augmenting."""
-        raw = self.images[index]
-        if self.augment and generator is not None:
-            n = raw.shape[0]
-            shifts = torch.randint(0, 2 * PAD + 1, (2, n), device=self.device, generator=generator)
-            rows = (shifts[0][:, None] + self._range)[:, None, :, None]
-            cols = (shifts[1][:, None] + self._range)[:, None, None, :]
-            batch_ix = torch.arange(n, device=self.device)[:, None, None, None]
-            chan_ix = torch.arange(3, device=self.device)[None, :, None, None]
-            raw = raw[batch_ix, chan_ix, rows, cols]
-            flip = torch.rand(n, device=self.device, generator=generator) < 0.5
-            raw = torch.where(flip[:, None, None, None], raw.flip(3), raw)
-        elif self.augment:
-            raw = raw[:, :, PAD:-PAD, PAD:-PAD]
-        x = (raw.float() - self.mean) / self.std
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+def device_data(images: ImageSet, device: torch.device, cfg: RunConfig, *, train: bool) -> DeviceData:
+    """`images` on the device under the config's augmentation, normalisation and image size."""
+    return DeviceData(images, device, augment=cfg.augment, normalize=cfg.normalize,
+                      image_size=cfg.image_size, train=train)
 
 
 @dataclass(frozen=True)
@@ -77,6 +40,7 @@ class TrainStats:
     loss: float
     samples: int
     seconds: float
+    accuracy: float = float("nan")  # on the training batches of the last epoch, as trained
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
@@ -91,6 +55,9 @@ def scheduled_lr(cfg: RunConfig, step: int, total: int) -> float:
     """Learning rate for step `step` (0-based round or epoch) of `total` under cfg.schedule."""
     if cfg.schedule == "cosine" and total > 1:
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    gamma = schedule_gamma(cfg.schedule)
+    if gamma is not None:
+        return cfg.lr * gamma**step
     return cfg.lr
 
 
@@ -126,15 +93,19 @@ def train_epochs(
     started = last_report = time.perf_counter()
     samples = 0
     epoch_loss: float | None = None
+    epoch_accuracy = float("nan")
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(data), device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
         for b in range(batches):
             index = order[b * batch_size : (b + 1) * batch_size]
             x = data.batch(index, generator)
             y = data.labels[index]
             with autocast:
-                loss = criterion(model(x), y)
+                logits = model(x)
+                loss = criterion(logits, y)
+            correct += (logits.detach().argmax(1) == y).sum()
             if anchors:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchors, strict=True))
                 loss = loss + 0.5 * proximal_mu * prox
@@ -147,6 +118,7 @@ def train_epochs(
                 last_report = time.perf_counter()
                 progress(epoch, b + 1, batches, samples, epoch_loss)
         epoch_loss = float(loss_sum) / len(data)
+        epoch_accuracy = float(correct) / max(1, len(data))
         if progress is not None:
             progress(epoch, batches, batches, samples, epoch_loss)
     if device.type == "cuda":
@@ -155,6 +127,7 @@ def train_epochs(
         loss=epoch_loss if epoch_loss is not None else float("nan"),
         samples=samples,
         seconds=time.perf_counter() - started,
+        accuracy=epoch_accuracy,
     )
 
 
@@ -182,8 +155,19 @@ def evaluate(
     return float(loss_sum) / n, float(correct) / n
 
 
+def derived_seed(*seeds: int) -> int:
+    """One 63-bit seed from a tuple (run seed, client, round...), the same in every process."""
+    digest = hashlib.blake2b(repr(tuple(int(s) for s in seeds)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def seeded_generator(device: torch.device, *seeds: int) -> torch.Generator:
-    """A generator on `device` seeded from a tuple (run seed, client, round...)."""
+    """A generator on `device` for shuffling and augmentation, seeded from (run seed, client, round...)."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(hash(tuple(seeds)) & 0x7FFF_FFFF_FFFF_FFFF)
+    generator.manual_seed(derived_seed(*seeds))
     return generator
+
+
+def seed_torch(*seeds: int) -> None:
+    """Seed torch's global generators (dropout draws from them) from (run seed, client, round...)."""
+    torch.manual_seed(derived_seed(0xD0, *seeds))
