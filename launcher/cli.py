@@ -12,7 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedcore.config import OPTIMIZERS, PRECISIONS, SCHEDULES, RunConfig, from_mapping, validate
+from fedcore.catalog import AUGMENTS, MODEL_NAMES, NORMALIZATIONS, STRATEGY_NAMES
+from fedcore.config import (
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    RunConfig,
+    from_layers,
+    from_mapping,
+    validate,
+)
 from fedcore.errors import UsageError
 from launcher.kinds import EXECUTORS, RunMode
 from launcher.planning.placement import Placement
@@ -50,7 +59,10 @@ CONFIG_FLAGS: dict[str, str] = {
     "limit-test": "use a fixed subset of N test images",
     "partition": "iid, dirichlet:ALPHA or classes:K (default dirichlet:0.5)",
     "clients": "number of clients (SuperNodes)",
-    "model": "cnn, mobilenetv2 or resnet18",
+    "model": f"{', '.join(MODEL_NAMES)}; brings that model's recipe (optimizer, lr, batch, "
+             "weight decay, schedule, augmentation; a profile or flag still overrides each)",
+    "weights": "a state dict (torch.save) or a fedlaunch checkpoint to start from",
+    "image-size": "resize images to NxN on the device (0: the data's own 32, or 24 with crop24)",
     "rounds": "federated rounds",
     "local-epochs": "epochs each client trains per round",
     "epochs": "epochs of a --local run",
@@ -61,7 +73,10 @@ CONFIG_FLAGS: dict[str, str] = {
     "momentum": "SGD momentum",
     "weight-decay": "weight decay",
     "schedule": f"learning-rate schedule: {', '.join(SCHEDULES)}",
-    "strategy": "fedavg, fedprox:MU or fedadam",
+    "augment": f"training augmentation: {', '.join(AUGMENTS)}",
+    "normalize": f"input normalisation: {', '.join(NORMALIZATIONS)}",
+    "strategy": f"{', '.join(STRATEGY_NAMES)} (fedavg weights clients by examples; "
+                "fedavg-unweighted takes the plain mean)",
     "fraction-train": "fraction of clients sampled each round",
     "seed": "seed for partitioning, shuffling and augmentation",
     "precision": f"{', '.join(PRECISIONS)} (auto: bf16 on CUDA, fp32 on CPU)",
@@ -154,15 +169,18 @@ def build_parser() -> Parser:
         settings.add_argument(f"--{key}", type=number(kind) if kind in (int, float) else str,
                               default=None, metavar=METAVARS.get(kind, "TEXT"),
                               help=f"{text} (default {default if default != '' else 'none'})")
-    settings.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                          help="no random crop and flip")
+    settings.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                          default=None, help="the same as --augment none")
+    settings.add_argument("--pretrained", action="store_true", default=None,
+                          help="start from torchvision's ImageNet weights (mobilenetv2, "
+                          "mobilenetv2-imagenet, resnet18-imagenet), kept in torch.hub's cache")
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, LaunchOptions]:
     """Defaults, then the profile, then explicit flags; returns the config and launcher options."""
     profiled: dict[str, Any] = {}
-    cfg = RunConfig()
+    layers: list[tuple[str, dict[str, Any]]] = []
     if args.profile:
         where, values = load_profile(args.profile)
         for key, kind in LAUNCHER_KEYS.items():
@@ -171,10 +189,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, LaunchOptions]:
                 if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
                     raise UsageError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
                 profiled[key] = value
-        cfg = from_mapping(values, where, cfg)
-    explicit = {key: getattr(args, key.replace("-", "_")) for key in CONFIG_FLAGS}
-    explicit["augment"] = args.augment
-    cfg = from_mapping({k: v for k, v in explicit.items() if v is not None}, "command line", cfg)
+        layers.append((where, values))
+    explicit = {key: getattr(args, key.replace("-", "_")) for key in (*CONFIG_FLAGS, "pretrained")}
+    layers.append(("command line", {k: v for k, v in explicit.items() if v is not None}))
+    cfg = from_layers(layers)  # the model's recipe under the profile and the flags
     opts = launch_options(args, bool(profiled.get("local", False)), profiled.get("gpus"),
                           int(profiled.get("max-restarts", 3)))
     return validate(checked_seed(cfg)), opts
@@ -319,9 +337,7 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, LaunchOptions, P
     if args.out or args.profile:
         raise UsageError("--resume continues in the run's own folder with its saved settings; "
                          "drop --out and --profile")
-    given = [key for key in CONFIG_FLAGS if getattr(args, key.replace("-", "_")) is not None]
-    if args.augment is not None:
-        given.append("no-augment")
+    given = [key for key in (*CONFIG_FLAGS, "pretrained") if getattr(args, key.replace("-", "_")) is not None]
     fixed = [key for key in given if key not in RESUME_OVERRIDES]
     if fixed:
         raise UsageError(f"--resume uses the run's saved settings; drop --{', --'.join(fixed)} "
@@ -391,6 +407,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def fetch_pretrained(model: str) -> None:
+    """--pretrained: torchvision's ImageNet weights into torch.hub's cache before anything starts,
+    in a child (the launcher never imports torch); offline, one line naming the file to place."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "fedcore.models", "fetch", model], text=True,
+                            capture_output=True, stdin=subprocess.DEVNULL)
+    if result.returncode:
+        lines = result.stderr.strip().splitlines() or [f"fetching ImageNet weights for {model} failed"]
+        raise UsageError(lines[-1].removeprefix("fedlaunch: "))
+
+
 def launch(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.list_profiles:
@@ -403,6 +431,8 @@ def launch(argv: list[str]) -> int:
         run_dir = run_folder(args.out)
     local_clients, remote = network_plan(args, opts)
     plan = make_plan(cfg, run_dir, opts, local_clients=local_clients, remote=remote)
+    if cfg.pretrained and not args.dry_run and opts.mode != "join":
+        fetch_pretrained(cfg.model)
     if args.dry_run:
         print(plan.describe())
         return 0

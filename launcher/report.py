@@ -31,6 +31,7 @@ class RunCurves:
     loss: list[float]
     summary: dict[str, Any]
     partitions: dict[str, Any] | None = None
+    train_accuracy: list[float | None] | None = None  # per round or epoch, where recorded
 
     @property
     def name(self) -> str:
@@ -141,7 +142,13 @@ def load_run(run_dir: Path) -> RunCurves:
         accuracy=[_number(r, "accuracy", None, where) for r in ends],
         loss=[_number(r, "loss", float("nan"), where) for r in ends],
         summary={**_derived_summary(ends, unit), **summary}, partitions=partitions,
+        train_accuracy=[_optional_number(r, "train_accuracy") for r in ends],
     )
+
+
+def _optional_number(record: dict[str, Any], key: str) -> float | None:
+    value = record.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _derived_summary(ends: list[dict[str, Any]], unit: str) -> dict[str, Any]:
@@ -186,9 +193,14 @@ def plot_curves(runs: list[RunCurves], out: Path) -> Path:
     for run in runs:
         label = f"{run.name} ({run.mode})"
         style = {"marker": "o" if len(run.images) <= 30 else None, "markersize": 3, "label": label}
-        accuracy_ax.plot(run.images, run.accuracy, **style)
+        line, = accuracy_ax.plot(run.images, run.accuracy, **style)
         loss_ax.plot(run.images, run.loss, **style)
-    accuracy_ax.set(title="test accuracy", xlabel="training images seen", ylabel="accuracy")
+        train = [(x, a) for x, a in zip(run.images, run.train_accuracy or [], strict=False) if a is not None]
+        if train:  # dashed, in the run's colour: accuracy on its training batches, as trained
+            accuracy_ax.plot(*zip(*train, strict=True), linestyle="--", color=line.get_color(),
+                             alpha=0.7, label=f"{run.name} train")
+    accuracy_ax.set(title="test accuracy (dashed: train)", xlabel="training images seen",
+                    ylabel="accuracy")
     loss_ax.set(title="test loss", xlabel="training images seen", ylabel="loss")
     for ax in (accuracy_ax, loss_ax):
         ax.grid(alpha=0.3)
