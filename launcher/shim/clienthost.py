@@ -44,6 +44,7 @@ from launcher.shim.hostparts import (
 POLL = 0.25
 STATUS_EVERY = 0.5
 STOP_GRACE = 5.0
+SIGN_IN_PATIENCE = 30.0  # a client still signing in after this no longer holds back the next ones
 
 
 class Host:
@@ -62,6 +63,9 @@ class Host:
         self.workers: list[Worker] = []
         self.queue: deque[dict[str, Any]] = deque()
         self.stopping = False
+        self.pending: deque[int] = deque()  # clients not forked yet
+        self.signing_in: dict[int, float] = {}  # forked, no node id yet: client -> fork time
+        self.fork_started = time.perf_counter()
         self.changed = True
         self.status_at = 0.0
         self.log_dir = self.run_dir / "logs"
@@ -117,6 +121,30 @@ class Host:
         self.changed = True
         if client in self.restarts:  # the first start of each is summed up in one line
             print(f"fedlaunch: client-{client} restarted: pid {pid} (runtime port {port})", flush=True)
+
+    def start_more(self) -> None:
+        """Fork the next clients while fewer than --sign-in-burst are still signing in: N
+        SuperNodes activating at once swamp a SuperLink on a small machine (they give up after
+        a minute of refused attempts), a few at a time do not."""
+        if not self.pending:
+            return
+        now = time.time()
+        for client, forked in list(self.signing_in.items()):
+            node = self.progress_dir / f"client-{client}.node"
+            try:
+                signed_in = node.stat().st_mtime >= forked
+            except OSError:
+                signed_in = False
+            if signed_in or client not in self.endpoints or now - forked > SIGN_IN_PATIENCE:
+                del self.signing_in[client]
+        while self.pending and len(self.signing_in) < self.args.sign_in_burst:
+            client = self.pending.popleft()
+            self.signing_in[client] = time.time()
+            self.fork(client)
+        if not self.pending:
+            print(f"fedlaunch: {len(self.endpoints)} clients started in "
+                  f"{time.perf_counter() - self.fork_started:.1f} s, at most "
+                  f"{self.args.sign_in_burst} signing in at a time", flush=True)
 
     def reap(self) -> None:
         while True:
@@ -290,6 +318,7 @@ class Host:
     def loop(self) -> int:
         parent = os.getppid()
         while not self.stopping:
+            self.start_more()
             for key, _ in self.selector.select(POLL):
                 kind, who = key.data
                 if kind == "listen":
@@ -344,6 +373,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partition-ids", required=True, help="A-B")
     parser.add_argument("--num-partitions", type=int, required=True)
     parser.add_argument("--max-restarts", type=int, default=3)
+    parser.add_argument("--sign-in-burst", type=int, default=8,
+                        help="at most this many clients signing in to the SuperLink at a time")
     parser.add_argument("--idle-wait", type=float, default=0.2,
                         help="seconds between an idle SuperNode's polls of the SuperLink")
     parser.add_argument("supernode_args", nargs="*",
@@ -374,11 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     gc.freeze()  # the imported objects stay on pages every child shares
-    started = time.perf_counter()
-    for client in parse_ids(args.partition_ids):
-        host.fork(client)
-    print(f"fedlaunch: {len(host.endpoints)} clients forked in {time.perf_counter() - started:.2f} s; "
-          f"pool socket {path}", flush=True)
+    host.pending.extend(parse_ids(args.partition_ids))
+    print(f"fedlaunch: starting {len(host.pending)} clients; pool socket {path}", flush=True)
     try:
         return host.loop()
     finally:
