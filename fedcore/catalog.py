@@ -56,8 +56,8 @@ STRATEGY_HELP = "use fedavg, fedavg-unweighted, fedprox:MU (MU >= 0) or fedadam"
 # Each model's training recipe: what a user who sets only --model gets (a profile or a flag
 # still overrides every key). docs/RESULTS.md has the runs that back these numbers.
 MODEL_RECIPES: dict[str, dict[str, Any]] = {
-    # 2 local epochs on the real images, 2 CPU cores: 52-53% (the previous default, SGD 0.05
-    # batch 64 with crops, reached ~40%).
+    # About 52% after 2 local epochs on the real images (2 CPU cores; issue 14's reference run);
+    # the previous defaults (SGD 0.05, batch 64, crops, weight decay 5e-4) reached about 40%.
     "cnn": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight-decay": 0.0, "batch-size": 32,
             "schedule": "none", "augment": "flip", "normalize": "cifar"},
     "tfcnn": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.0, "weight-decay": 0.004, "batch-size": 50,

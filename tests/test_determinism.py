@@ -42,7 +42,8 @@ def test_local_runs_repeat_epoch_by_epoch_and_another_seed_differs(tmp_path: Pat
 
 def test_local_run_with_dropout_repeats(tmp_path: Path) -> None:
     # MobileNetV2's classifier has Dropout(0.2): its draws come from torch's global generator.
-    kwargs = {"model": "mobilenetv2", "limit_train": 64, "epochs": 1, "seed": 5}
+    kwargs = {"model": "mobilenetv2", "limit_train": 32, "limit_test": 32, "batch_size": 16,
+              "epochs": 1, "seed": 5}
 
     assert local_curve(tmp_path, "a", **kwargs) == local_curve(tmp_path, "b", **kwargs)
 
@@ -63,8 +64,8 @@ def client_reply(cfg: RunConfig, server_round: int, partition: int) -> tuple[np.
 
 @pytest.mark.parametrize("model", ["cnn", "mobilenetv2"])
 def test_a_restarted_client_trains_a_round_exactly_as_before(model: str) -> None:
-    cfg = RunConfig(**{**TINY, "model": model, "limit_train": 128, "clients": 2,  # type: ignore[arg-type]
-                       "seed": 1})
+    cfg = RunConfig(**{**TINY, "model": model, "limit_train": 64, "clients": 2,  # type: ignore[arg-type]
+                       "batch_size": 16, "seed": 1})
     torch.manual_seed(123)  # whatever the process did before must not matter
 
     before = client_reply(cfg, 2, 1)
