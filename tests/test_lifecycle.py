@@ -96,14 +96,15 @@ def test_the_watchdog_leaves_processes_without_the_token_alone(tmp_path: Path) -
 
 class SlowStop:
     """A launcher stand-in: a federated run of `total` rounds, `done` of them finished; a stop
-    takes `stop_seconds` (the processes going down)."""
+    takes `stop_seconds` (the processes going down), or until `release` is set when None."""
 
-    def __init__(self, done: int, total: int = 3, stop_seconds: float = 0.3) -> None:
+    def __init__(self, done: int, total: int = 3, stop_seconds: float | None = 0.3) -> None:
         self.bus = EventBus()
         self.done, self.total, self.stop_seconds = done, total, stop_seconds
         self.stops: list[str] = []
         self.down_at: float | None = None
         self.published = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def run(self) -> int:
         self.bus.publish(RunStarted("r", "federated", "cnn", "synthetic", "iid", self.total, 2,
@@ -113,7 +114,10 @@ class SlowStop:
         self.published.set()
         while not self.stops:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(self.stop_seconds)
+        if self.stop_seconds is None:
+            await self.release.wait()
+        else:
+            await asyncio.sleep(self.stop_seconds)
         self.down_at = time.monotonic()
         code = 0 if self.done == self.total else 130
         reason = "completed" if code == 0 else "interrupted"
@@ -144,7 +148,7 @@ async def test_q_once_the_last_round_is_done_leaves_as_soon_as_the_processes_are
 
 
 async def test_q_pressed_again_while_stopping_leaves_once_the_processes_are_down() -> None:
-    script = SlowStop(done=1, stop_seconds=3.0)
+    script = SlowStop(done=1, stop_seconds=None)
     app = script.app()
     async with app.run_test(size=(100, 30)) as pilot:
         await script.published.wait()
@@ -152,7 +156,9 @@ async def test_q_pressed_again_while_stopping_leaves_once_the_processes_are_down
 
         await pilot.press("q")  # mid-run: stop; the screen would stay on the summary
         await pilot.press("q")  # while it stops: leave once it is down
-        assert app.is_running and script.down_at is None
+        await pilot.pause(0.1)
+        assert app.is_running and script.down_at is None  # still stopping: still on screen
+        script.release.set()
         for _ in range(300):
             if not app.is_running:
                 break
