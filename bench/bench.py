@@ -123,10 +123,9 @@ def measure_local_pipelines(args: argparse.Namespace) -> dict[str, float]:
 
     from fedcore.models import build_model
     from fedcore.task import load_split
+    from fedcore.augment import MEANS, STDS
     from fedcore.train import (
-        CIFAR_MEAN,
-        CIFAR_STD,
-        DeviceData,
+        device_data,
         make_optimizer,
         pick_device,
         prepare_model,
@@ -138,13 +137,13 @@ def measure_local_pipelines(args: argparse.Namespace) -> dict[str, float]:
     split = load_split(cfg, log=lambda _: None)
     device = pick_device()
     model = prepare_model(build_model(cfg.model), device)
-    data = DeviceData(split.train, device, augment=True)
+    data = device_data(split.train, device, cfg.replace(augment="flip-crop"), train=True)
     ours = train_epochs(model, data, make_optimizer(model, cfg, cfg.lr), epochs=1,
                         batch_size=args.batch_size, precision="auto",
                         generator=seeded_generator(device, 0))
 
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+                           T.Normalize(MEANS["cifar"], STDS["cifar"])])
 
     class SeedDataset(torch.utils.data.Dataset):  # the seed's pipeline: PIL images, transforms
         def __len__(self) -> int:
