@@ -220,7 +220,20 @@ def sweep(processes: Sequence[psutil.Process]) -> None:
                 alive.append(proc)
         except psutil.Error:
             continue
-    psutil.wait_procs(alive, timeout=3)
+    # Wait until each is gone or a zombie: a killed orphan is reaped by init only when init
+    # gets to it, and a zombie holds no pipe, port or memory.
+    deadline = time.monotonic() + 3.0
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if running(p)]
+        if alive:
+            time.sleep(0.02)
+
+
+def running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 # Makes the ManagedProcess for a spec: the class itself, or a test's stand-in that runs tiny
