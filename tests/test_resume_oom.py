@@ -66,14 +66,18 @@ def test_resume_refuses_changed_training_settings(tmp_path: Path) -> None:
 def test_out_of_memory_client_is_named_with_its_device_and_a_hint(tmp_path: Path) -> None:
     out = tmp_path / "run"
 
-    result = run_cli(["--clients", "2", "--rounds", "2", "--headless", "--out", str(out), *SMALL],
-                     tmp_path, timeout=170, env={"FEDLAUNCH_SIMULATE_OOM": "1"})
+    result = run_cli(["--clients", "2", "--rounds", "2", "--batch-size", "64", "--headless",
+                      "--out", str(out), *SMALL], tmp_path, timeout=170,
+                     env={"FEDLAUNCH_SIMULATE_OOM": "1"})
 
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert [(r["round"], r["replies"], r["failures"]) for r in rounds(out)] == [(1, 1, 1), (2, 1, 1)]
+    # Out of memory repeats every round with the same settings: the run stops at once, exit 1.
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert all(r["round"] == 1 for r in rounds(out))
+    assert json.loads((out / "summary.json").read_text())["exit_reason"] == "failed"
     assert "client-1 ran out of memory on the CPU in round 1" in result.stdout
     assert "smaller --batch-size (now 64)" in result.stdout
     assert "Traceback" not in result.stdout.split("client-1 ran out of memory")[1].splitlines()[0]
+    assert "fedlaunch: run failed: client-1\n" in result.stdout
 
 
 @pytest.mark.timeout(240)

@@ -73,7 +73,9 @@ class HeadlessPrinter:
             self._finished(event)
 
     def _finished(self, event: RunFinished) -> None:
-        if event.failed_process:
+        if event.failed_process and not event.log_tail:  # the reason was the error line above
+            self._write(f"fedlaunch: run failed: {event.failed_process}", "31")
+        elif event.failed_process:
             self._write(f"fedlaunch: run failed: {event.failed_process} died; last lines of its log:",
                         "31")
             for line in event.log_tail[-15:]:

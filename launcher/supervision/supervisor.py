@@ -95,6 +95,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._base_env = {**child_base_env(), **(watchdog.env if watchdog else {})}
         self._serverapp: psutil.Process | None = None
+        self._out_of_memory: str | None = None  # the first client's OOM text: the run fails on it
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Ask the run to stop (Ctrl+C, q, SIGTERM, SIGHUP); safe to call more than once."""
@@ -134,6 +135,9 @@ class Supervisor:
             if self.watchdog is not None:
                 self.watchdog.close()
             self._publish_events()
+        if self._out_of_memory is not None and reason == "completed":  # seen only at the very end
+            reason, code, failed = "failed", EXIT_FAILED, self._out_of_memory.split(" ", 1)[0]
+            self.bus.publish(Notice("error", self._out_of_memory))
         if self._stop_reason and reason == "failed":
             reason, code = self._stop_reason, STOP_CODES[self._stop_reason]
         summary = self._write_summary(reason, self.clock() - started)
@@ -218,6 +222,10 @@ class Supervisor:
         next_gpu = 0.0
         while True:
             self._publish_events()
+            if self._out_of_memory is not None:
+                # Out of memory repeats every round with the same settings: stop now, exit 1.
+                client, text = self._out_of_memory.split(" ", 1)
+                raise RunFailed(client, text)
             if self.follower.ended() is not None:
                 # The app wrote its 'end' record: the run is complete, whatever is still running.
                 return "completed"
@@ -241,7 +249,11 @@ class Supervisor:
         for event in self.follower.poll():
             self.bus.publish(event)
             if isinstance(event, ClientProgress) and event.error == "out of memory":
-                self.bus.publish(Notice("error", oom_text(self.plan, self.nvml, event)))
+                text = oom_text(self.plan, self.nvml, event)
+                if self._out_of_memory is None:
+                    self._out_of_memory = text
+                else:
+                    self.bus.publish(Notice("error", text))
 
     def _watch_descendants(self) -> None:
         """Remember every process's descendants; fail at once if the ServerApp process died."""
