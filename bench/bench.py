@@ -121,9 +121,9 @@ def measure_local_pipelines(args: argparse.Namespace) -> dict[str, float]:
     import torchvision.transforms as T
     from PIL import Image
 
+    from fedcore.augment import MEANS, STDS
     from fedcore.models import build_model
     from fedcore.task import load_split
-    from fedcore.augment import MEANS, STDS
     from fedcore.train import (
         device_data,
         make_optimizer,

@@ -30,7 +30,7 @@ from fedcore.train import (
     seeded_generator,
     train_epochs,
 )
-from fedcore.weights import load_record, to_record
+from fedcore.weights import load_record, number, to_record
 
 app = ClientApp()
 
@@ -148,14 +148,14 @@ def train(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     partition_id, num_partitions = _partition(context)
     config = msg.content["config"]
-    server_round = int(config.get("server-round", 0))
-    epochs = int(config.get("local-epochs", cfg.local_epochs))
+    server_round = int(number(config.get("server-round", 0)))
+    epochs = int(number(config.get("local-epochs", cfg.local_epochs)))
     progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")),
                             context.node_id)
     progress.write("training", round=server_round, epochs=epochs)  # loading the round's model
     state = state_or_fail(cfg, partition_id, num_partitions, progress, server_round)
-    load_record(state.model, msg.content["arrays"])
-    optimizer = make_optimizer(state.model, cfg, float(config.get("lr", cfg.lr)))
+    load_record(state.model, msg.content.array_records["arrays"])
+    optimizer = make_optimizer(state.model, cfg, number(config.get("lr", cfg.lr)))
 
     def report(epoch: int, batch: int, batches: int, samples: int, loss: float | None) -> None:
         progress.write("training", round=server_round, epoch=epoch, epochs=epochs,
@@ -169,7 +169,7 @@ def train(msg: Message, context: Context) -> Message:
             state.model, state.train, optimizer,
             epochs=epochs, batch_size=cfg.batch_size, precision=cfg.precision,
             generator=seeded_generator(state.device, cfg.seed, partition_id, server_round),
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            proximal_mu=number(config.get("proximal-mu", 0.0)),
             progress=report,
         )
     except torch.OutOfMemoryError as exc:
@@ -198,7 +198,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
                             context.node_id)
     progress.write("evaluating")
     state = state_or_fail(cfg, partition_id, num_partitions, progress)
-    load_record(state.model, msg.content["arrays"])
+    load_record(state.model, msg.content.array_records["arrays"])
     loss, accuracy = evaluate(state.model, state.test, batch_size=cfg.eval_batch_size,
                               precision=cfg.precision)
     progress.write("waiting")

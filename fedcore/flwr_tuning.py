@@ -18,6 +18,6 @@ PULL_USERS = ("flwr.superlink.grid.http_grid", "flwr.supernode.start_client_inte
 def fast_object_pulls(module_name: str) -> None:
     """Rebind `module_name.pull_objects` to retry quickly; a second call changes nothing."""
     module = importlib.import_module(module_name)
-    original = module.pull_objects
+    original = vars(module)["pull_objects"]
     if not isinstance(original, functools.partial):
-        module.pull_objects = functools.partial(original, **FAST_PULL)
+        vars(module)["pull_objects"] = functools.partial(original, **FAST_PULL)

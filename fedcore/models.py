@@ -74,7 +74,7 @@ class TFTutorialCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         # TF's depth_radius 4, alpha 0.001/9: torch divides alpha by the window size (9)
-        lrn = {"size": 9, "alpha": 0.001, "beta": 0.75, "k": 1.0}
+        lrn: dict[str, Any] = {"size": 9, "alpha": 0.001, "beta": 0.75, "k": 1.0}
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
             nn.LocalResponseNorm(**lrn),

@@ -21,7 +21,7 @@ from fedcore.rundir import DEPARTED, RunDir, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
 from fedcore.train import DeviceData, device_data, evaluate, pick_device, prepare_model, scheduled_lr
-from fedcore.weights import load_record, to_record
+from fedcore.weights import load_record, number, to_record
 
 app = ServerApp()
 POLL_START, POLL_MAX = 0.02, 0.05
@@ -92,7 +92,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         replies = collect(grid, pending, cfg.round_timeout, departed)
         collected = time.time()
         ok = sorted((m for m in replies if not m.has_error()),
-                    key=lambda m: int(m.content["metrics"]["partition-id"]))
+                    key=lambda m: int(number(m.content["metrics"]["partition-id"])))
         for failed in (m for m in replies if m.has_error()):
             log(WARNING, "round %d: a client failed: %s", server_round, failed.error.reason)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
@@ -135,7 +135,7 @@ def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test:
     evaluating = time.time()
     loss, accuracy = evaluate(model, test, batch_size=cfg.eval_batch_size, precision=cfg.precision)
     evaluated = time.time()
-    train_images += sum(int(m.content["metrics"]["num-examples"]) for m in t.ok) * cfg.local_epochs
+    train_images += sum(int(number(m.content["metrics"]["num-examples"])) for m in t.ok) * cfg.local_epochs
     best = max(best, accuracy)
     state = {
         "round": t.round, "state_dict": model.state_dict(), "accuracy": accuracy,
@@ -150,14 +150,14 @@ def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test:
         train_loss=t.train_metrics.get("train-loss") if t.train_metrics else None,
         train_accuracy=t.train_metrics.get("train-accuracy") if t.train_metrics else None,
         replies=len(t.ok), failures=t.sent - len(t.ok),
-        clients=[int(m["partition-id"]) for m in metrics],
+        clients=[int(number(m["partition-id"])) for m in metrics],
         seconds=round((next_started or time.time()) - t.started, 3), train_images=train_images,
         best_accuracy=best,
-        client_train_seconds=max((float(m.get("train-seconds", 0.0)) for m in metrics), default=0.0),
+        client_train_seconds=max((number(m.get("train-seconds", 0.0)) for m in metrics), default=0.0),
         collect_seconds=round(t.collected - t.started, 3),
         aggregate_seconds=round(t.aggregated - t.collected, 3),
         evaluate_seconds=round(evaluated - evaluating, 3),
-        train_started=min((float(m.get("train-started", 0.0)) for m in metrics), default=None),
+        train_started=min((number(m.get("train-started", 0.0)) for m in metrics), default=None),
     )
     log(INFO, "round %d/%d: accuracy %.4f loss %.4f (%d replies)",
         t.round, cfg.rounds, accuracy, loss, len(t.ok))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
@@ -41,7 +42,7 @@ def make_strategy(spec: str, fraction_train: float) -> FedAvg:
     """A Flower strategy (example-weighted unless `fedavg-unweighted`); rounds go on with whoever replies."""
     check_strategy(spec)
     name, _, arg = spec.partition(":")
-    common = {
+    common: dict[str, Any] = {
         "fraction_train": fraction_train,
         "fraction_evaluate": 0.0,
         "min_train_nodes": 1,

@@ -35,3 +35,10 @@ def load_record(model: nn.Module, record: ArrayRecord) -> None:
         loaded[name] = chunk.round().to(tensor.dtype) if not tensor.is_floating_point() else chunk
         offset += count
     model.load_state_dict(loaded)
+
+
+def number(value: object) -> float:
+    """A metric or config value that must be a number (records hold unions of scalars and lists)."""
+    if isinstance(value, int | float):
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
