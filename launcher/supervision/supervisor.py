@@ -68,6 +68,7 @@ class Supervisor:
         gpu_interval: float = 1.0,
         stop_timeout: float = 3.0,
         finish_grace: float = 0.1,
+        log_grace: float = 1.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         factory: ProcessFactory = ManagedProcess,
@@ -81,6 +82,7 @@ class Supervisor:
         self.gpu_interval = gpu_interval
         self.stop_timeout = stop_timeout  # a stop asked for, or a failure: SIGTERM, then SIGKILL
         self.finish_grace = finish_grace  # a completed run: its processes have nothing left to do
+        self.log_grace = log_grace  # ... but `flwr run` streams the ServerApp's last log lines
         self.clock = clock  # wall time, for the summary and the events
         self.monotonic = monotonic  # deadlines and intervals
         self.factory = factory
@@ -325,6 +327,14 @@ class Supervisor:
         """Every process at once: a completed run's after a short grace (Flower's goodbyes are not
         worth seconds), a stopped or failed run's after stop_timeout; SIGKILL after that."""
         grace = self.finish_grace if reason == "completed" else self.stop_timeout
+        if reason == "completed":
+            # Clients at once; the server side gets up to log_grace to finish on its own, so that
+            # `flwr run --stream` (ended when the run is) writes the ServerApp's last lines.
+            clients = [p for p in self.processes.values() if role(p.spec.role).on_exit == "client"]
+            submit = [p for p in self.processes.values()
+                      if p.spec.role == "submit" and p.returncode is None]
+            waits = [asyncio.wait_for(asyncio.shield(p.wait()), self.log_grace) for p in submit]
+            await asyncio.gather(stop_all(clients, grace), *waits, return_exceptions=True)
         await stop_all(list(self.processes.values()), grace)
 
     def _write_summary(self, reason: str, wall: float) -> dict[str, object]:
