@@ -62,7 +62,7 @@ def client_reply(cfg: RunConfig, server_round: int, partition: int) -> tuple[np.
     return reply.content["arrays"]["weights"].numpy(), metrics
 
 
-@pytest.mark.parametrize("model", ["cnn", "mobilenetv2"])
+@pytest.mark.parametrize("model", ["cnn", pytest.param("mobilenetv2", marks=pytest.mark.slow)])
 def test_a_restarted_client_trains_a_round_exactly_as_before(model: str) -> None:
     cfg = RunConfig(**{**TINY, "model": model, "limit_train": 64, "clients": 2,  # type: ignore[arg-type]
                        "batch_size": 16, "seed": 1})

@@ -9,7 +9,7 @@ import pytest
 
 from tests.runs import SMALL, run_cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # two federated runs: minutes on 2 cores
 
 
 def rounds(tmp_path: Path, name: str, seed: int) -> list[dict]:
