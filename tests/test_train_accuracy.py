@@ -9,7 +9,7 @@ import pytest
 
 from fedcore.config import RunConfig
 from fedcore.local import run_local
-from fedcore.rundir import RunDir
+from fedcore.rundir import RunDir, plot_curves
 from launcher.report import load_run, report
 
 
@@ -23,6 +23,8 @@ def test_local_epochs_record_train_accuracy_and_the_report_reads_it(tmp_path: Pa
     assert [0.0 <= m["train_accuracy"] <= 1.0 for m in epochs] == [True, True]
     curves = load_run(run.path)
     assert curves.train_accuracy == [pytest.approx(m["train_accuracy"]) for m in epochs]
+    # The launcher draws the run's plots after it (launcher.supervision.afterwards): the same call.
+    assert run.path / "accuracy.png" in plot_curves(run)
     assert (run.path / "accuracy.png").stat().st_size > 0
 
 
