@@ -7,8 +7,10 @@ sampled every second, and K bare processes training the same number of images. P
   connected  seconds from launch until the SuperLink had all N clients (the 'nodes' record)
   peak PSS   of every process of the run together (from /proc/<pid>/smaps_rollup), and per
              idle client endpoint (median, at the moment all were connected) with its CPU seconds
-  overhead   per task, median over train tasks: task created at its SuperNode -> training starts,
-             plus training ends -> reply handed to the SuperLink (workers.jsonl)
+  overhead   per task, median over train tasks (workers.jsonl): the task's message whole at its
+             SuperNode -> training starts (the ClientApp's own set-up included), less the time it
+             queued for a busy worker (shown apart), plus training ends -> the reply accepted by
+             the SuperLink. The SuperLink -> SuperNode transfer before it is shown apart too.
   P1         fedlaunch's training images/s over its rounds / K bare processes' images/s
 """
 
@@ -116,13 +118,17 @@ def run_pool(args: argparse.Namespace, clients: int, out: Path) -> dict[str, Any
     starts = [m for m in metrics if m["event"] == "round_start"]
     tasks = [json.loads(line) for line in (out / "workers.jsonl").read_text().splitlines()]
     train = [t for t in tasks if t.get("type") == "train" and t.get("status") == "completed"
-             and t.get("sent") and t.get("app_start")]
+             and t.get("sent") and t.get("app_start") and t.get("seconds") and t.get("taken")]
     if not train:
         statuses = sorted({str(t.get("status")) for t in tasks})
         raise SystemExit(f"fedlaunch --clients {clients}: no completed train task ({statuses}); "
                          f"see {out}")
-    dispatch = [t["app_start"] - t["created"] for t in train]
+    queued = [t["taken"] - t["acquired"] for t in train]
+    arrived = [t.get("received") or t["created"] for t in train]
+    dispatch = [t["app_end"] - t["seconds"] - a - q for t, a, q in zip(train, arrived, queued,
+                                                                          strict=True)]
     back = [t["sent"] - t["app_end"] for t in train]
+    transfer = [a - t["created"] for t, a in zip(train, arrived, strict=True)]
     span = rounds[-1]["time"] - starts[0]["time"]
     return {
         "clients": clients,
@@ -133,6 +139,8 @@ def run_pool(args: argparse.Namespace, clients: int, out: Path) -> dict[str, Any
         "overhead_ms": statistics.median(d + b for d, b in zip(dispatch, back, strict=True)) * 1000,
         "dispatch_ms": statistics.median(dispatch) * 1000,
         "return_ms": statistics.median(back) * 1000,
+        "queued_ms": statistics.median(queued) * 1000,
+        "transfer_ms": statistics.median(transfer) * 1000,
         "tasks": len(train),
         "images_per_s": rounds[-1]["train_images"] / span,
         "images": rounds[-1]["train_images"],
@@ -167,8 +175,9 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} CPU x{os.cpu_count()}, load "
           f"{os.getloadavg()[0]:.1f}; {' '.join(sys.argv[1:])}")
     print("| clients | workers | all connected | peak PSS (run) | per idle client PSS / CPU | "
-          "per-task overhead (dispatch + return) | fedlaunch img/s | bare img/s | P1 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "per-task overhead (dispatch + return) | queued for a worker | SuperLink -> SuperNode | "
+          "fedlaunch img/s | bare img/s | P1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for clients in args.clients:
             r = run_pool(args, clients, Path(args.keep or tmp) / f"n{clients}")
@@ -176,7 +185,8 @@ def main() -> None:
             print(f"| {clients} | {args.workers} | {r['connected_s']:.1f} s | "
                   f"{r['peak_pss_mb']:.0f} MB | {r['client_pss_mb']:.1f} MB / "
                   f"{r['client_cpu_s']:.2f} s | {r['overhead_ms']:.0f} ms ({r['dispatch_ms']:.0f} + "
-                  f"{r['return_ms']:.0f}), {r['tasks']} tasks | {r['images_per_s']:.0f} | "
+                  f"{r['return_ms']:.0f}), {r['tasks']} tasks | {r['queued_ms']:.0f} ms | "
+                  f"{r['transfer_ms']:.0f} ms | {r['images_per_s']:.0f} | "
                   f"{bare:.0f} | {r['images_per_s'] / bare:.2f} |", flush=True)
 
 

@@ -66,7 +66,12 @@ def test_the_keyword_arguments_fedlaunch_passes_are_accepted() -> None:
         fi.grid_pull_objects: {"initial_backoff", "backoff_cap"},
         fi.InMemoryNodeState.create_task: {"self", "task_type", "run_id", "fab_hash"},
         fi.InMemoryNodeState.set_node_id: {"self", "node_id"},
+        fi.InMemoryNodeState.store_message: {"self", "message"},
+        fi.InMemoryNodeState.store_object: {"self", "run_id", "session_id", "object_id",
+                                            "object_content"},
         fi.push_messages: {"state", "object_store", "send", "push_object"},
+        fi.pull_and_store_message: {"state", "object_store", "receive", "pull_object",
+                                    "confirm_message_received"},
     }
     for function, names in expected.items():
         missing = names - parameters(function)
@@ -77,13 +82,18 @@ def test_the_keyword_arguments_fedlaunch_passes_are_accepted() -> None:
 
 def test_the_sleeps_the_prompt_supernode_shortens_are_still_there() -> None:
     """launcher/shim/supernode.py's PromptTime reads a sleep of 1 s or more as the idle poll and a
-    shorter one as the wait for a reply; the pool's endpoint wraps `_push_messages` by name."""
+    shorter one as the wait for a reply; the pool's endpoint wraps `_push_messages` and
+    `_pull_and_store_message` by name."""
     module = importlib.import_module("flwr.supernode.start_client_internal")
     loop = inspect.getsource(module.start_client_internal)
     push = inspect.getsource(fi.push_messages)
 
     assert "time.sleep(3)" in loop, "the SuperNode's idle poll changed"
     assert "_push_messages(" in loop, "the SuperNode loop no longer calls _push_messages by name"
+    assert "_pull_and_store_message(" in loop, "the SuperNode loop no longer calls it by name"
+    pull = inspect.getsource(fi.pull_and_store_message)
+    assert pull.index("state.create_task(") < pull.index("confirm_message_received("), \
+        "the SuperNode no longer creates a task before the message's objects are in"
     assert "time.sleep(0.5)" in push, "the SuperNode's wait for a reply changed"
     assert fi.supernode_time.sleep is not None
 

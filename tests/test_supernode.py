@@ -128,3 +128,38 @@ def test_the_launcher_shows_a_client_connected_when_its_supernode_signs_in(tmp_p
     events = follower.poll()
     assert [(e.client, e.state, e.gpu) for e in events] == [(1, "connected", 3), (1, "training", 3)]
     assert follower.poll() == []
+
+
+def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait for a ClientApp's reply ends when the node state stores it, not SHORT_WAIT later;
+    without a store it lasts SHORT_WAIT, and the idle poll is not shortened by a store."""
+    import threading
+
+    from types import SimpleNamespace
+
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    for name in ("store_message", "store_object"):  # restored after the test
+        monkeypatch.setattr(InMemoryNodeState, name, getattr(InMemoryNodeState, name))
+    nudge = supernode.nudge_on_replies()
+    prompt = PromptTime(nudge=nudge)
+    state = InMemoryNodeState(ObjectStoreFactory().store())
+
+    started = time.monotonic()
+    prompt.sleep(0.5)
+    alone = time.monotonic() - started
+    assert SHORT_WAIT * 0.9 <= alone < 0.5
+
+    message = SimpleNamespace(metadata=SimpleNamespace(message_id="reply-1"))  # what it reads
+    timer = threading.Timer(0.01, state.store_message, args=(message,))
+    timer.start()
+    started = time.monotonic()
+    prompt.sleep(10.0 * SHORT_WAIT)  # a short wait (< 1 s) that the store ends early
+    woken = time.monotonic() - started
+    timer.join()
+    assert woken < SHORT_WAIT * 0.9, woken
+    assert not nudge.is_set()
+
+    state.store_object(run_id=1, session_id="none", object_id="x", object_content=b"")
+    assert nudge.is_set()  # even a refused object wakes the wait: it then looks again

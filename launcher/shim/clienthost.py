@@ -202,7 +202,8 @@ class Host:
         elif op == "task":
             task = {"client": client, "pid": endpoint.pid, "token": message.get("token"),
                     "address": endpoint.address,
-                    "created": message.get("created"), "acquired": message.get("acquired")}
+                    "created": message.get("created"), "received": message.get("received"),
+                    "acquired": message.get("acquired")}
             endpoint.current = task
             self.queue.append(task)
             self.dispatch()

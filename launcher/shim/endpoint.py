@@ -66,7 +66,8 @@ class Claimer:
         self.secret = secret  # the run's SuperExec secret: AcquireTask is signed with it
         self.wake = threading.Event()
         self.state: Any = None  # the SuperNode's NodeState, captured when it creates a task
-        self.created = 0.0  # when the SuperNode last created a task (its message just arrived)
+        self.created = 0.0  # when the SuperNode last created a task (its message began to arrive)
+        self.received = 0.0  # when that message's objects were all in the SuperNode
         self.waiting: dict[str, float] = {}  # claimed tokens no worker has taken -> last heartbeat
         self.lock = threading.Lock()
         self._acquirer: Any = None
@@ -104,7 +105,10 @@ class Claimer:
             if token is not None:
                 with self.lock:
                     self.waiting[token] = time.monotonic()
-                self.wire.send(op="task", token=token, created=self.created, acquired=time.time())
+                # claimed by the fallback poll while its message is still arriving: no `received`
+                received = self.received if self.received >= self.created else None
+                self.wire.send(op="task", token=token, created=self.created, received=received,
+                               acquired=time.time())
             self.heartbeat_waiting()
 
     def heartbeat_waiting(self) -> None:
@@ -153,18 +157,34 @@ def expire_token(state: Any, token: str) -> bool:
 
 
 def watch_tasks(claimer: Claimer) -> None:
-    """Wake the claimer whenever the SuperNode creates a task, and remember the node state."""
+    """Wake the claimer once the SuperNode holds a new task's whole message, and remember the
+    node state.
+
+    Flower creates the task before it pulls the message's objects (the model's arrays) from the
+    SuperLink. Woken at creation, a worker would pull from the SuperNode while those are still
+    arriving and back off between tries; woken after, it pulls everything at once.
+    """
     state_class = fi.InMemoryNodeState
     create_task = state_class.create_task
+    module = sys.modules["flwr.supernode.start_client_internal"]
+    pull_and_store = fi.pull_and_store_message
 
-    def create_and_wake(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def create_and_note(self: Any, *args: Any, **kwargs: Any) -> Any:
         claimer.state = self
         claimer.created = time.time()
-        task_id = create_task(self, *args, **kwargs)
-        claimer.wake.set()
-        return task_id
+        return create_task(self, *args, **kwargs)
 
-    state_class.create_task = create_and_wake  # type: ignore[method-assign]
+    def pull_and_wake(*args: Any, **kwargs: Any) -> Any:
+        before = claimer.created
+        try:
+            return pull_and_store(*args, **kwargs)
+        finally:
+            if claimer.created != before:  # a task was created: its message is in, or failed
+                claimer.received = time.time()
+                claimer.wake.set()
+
+    state_class.create_task = create_and_note  # type: ignore[method-assign]
+    module._pull_and_store_message = pull_and_wake  # type: ignore[attr-defined]
 
 
 def report_replies(wire: Wire) -> None:

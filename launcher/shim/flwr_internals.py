@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the types mypy sees; at run time each is looked up on first
     from flwr.supernode.runtime.run_clientapp import push_task_output as push_task_output
 
     push_messages: Callable[..., None]  # flwr.supernode.start_client_internal._push_messages
+    pull_and_store_message: Callable[..., int | None]  # ..._pull_and_store_message
     supernode_time: ModuleType  # the `time` module flwr's SuperNode loop sleeps with
 
 # attribute of this module -> (flwr module, its attribute)
@@ -69,6 +70,7 @@ NAMES: dict[str, tuple[str, str]] = {
                                           "pull_and_inflate_object_from_tree"),
     "supernode_time": ("flwr.supernode.start_client_internal", "time"),
     "push_messages": ("flwr.supernode.start_client_internal", "_push_messages"),
+    "pull_and_store_message": ("flwr.supernode.start_client_internal", "_pull_and_store_message"),
     "InMemoryNodeState": ("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState"),
     "FleetHttpClient": ("flwr.supernode.fleet_http_client", "FleetHttpClient"),
     "flower_supernode": ("flwr.supernode.cli.flower_supernode", "flower_supernode"),

@@ -79,5 +79,5 @@ def preload(idle_wait: float) -> None:
     for name in fi.NAMES:
         getattr(fi, name)
     supernode.IDLE_WAIT = idle_wait
-    loop.time = supernode.PromptTime()  # type: ignore[attr-defined]
+    loop.time = supernode.PromptTime(nudge=supernode.nudge_on_replies())  # type: ignore[attr-defined]
     fast_object_pulls("flwr.supernode.start_client_internal")
