@@ -213,6 +213,35 @@ def test_a_client_that_dies_is_restarted_once_and_the_run_completes(tmp_path: Pa
     assert summary(tmp_path)["restarts"] == {"client-1": 1}
 
 
+def test_a_client_host_that_dies_departs_every_clients_node(tmp_path: Path) -> None:
+    """The pool's client host takes all its clients' SuperNodes with it: the ServerApp is told
+    to stop waiting for each of their nodes, and the host is restarted."""
+    port = free_port()
+    marker = tmp_path / "died-once"
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    for client in range(3):
+        (progress / f"client-{client}.node").write_text(f"{100 + client}\n")
+    specs = [ProcessSpec("superlink", "superlink", ("flower-superlink",)),
+             ProcessSpec("clients", "clienthost", ("clienthost",), clients=(0, 1, 2),
+                         restartable=True),
+             ProcessSpec("worker-0", "worker", ("worker",), restartable=True),
+             ProcessSpec("server", "submit", ("flwr", "run"))]
+    cfg = RunConfig(dataset="synthetic", model="cnn", clients=3, rounds=2)
+    plan = Plan("federated", cfg, tmp_path, Placement((), (None,)), tuple(specs),
+                f"127.0.0.1:{port}", 3)
+    factory = scripts(tmp_path, port, superlink=(LINK, str(port), "0", "600", "0"),
+                      clients=(CLIENT, f"exit:9:{marker}"), worker_0=(CLIENT, "serve"),
+                      server=(SUBMIT, str(tmp_path / "metrics.jsonl"), "8", "linger"))
+
+    code, events, _ = supervise(plan, factory)
+
+    assert code == 0
+    assert [(e.name, e.will_restart) for e in events.of(ProcessExited)] == [("clients", True)]
+    departed = (tmp_path / "departed-nodes.txt").read_text().split()
+    assert sorted(departed) == ["100", "101", "102"]
+
+
 def test_clients_that_keep_dying_fail_the_run_once_no_client_is_left(tmp_path: Path) -> None:
     port = free_port()
     factory = scripts(tmp_path, port, superlink=(LINK, str(port), "0", "600", "0"),

@@ -98,7 +98,7 @@ def pool_specs(run_dir: Path, clients: int, superlink: str, placement: Placement
               "--idle-wait", str(idle_wait(clients)), "--", *supernode_args),
         env={**flwr_env, "FLWR_HOME": str(run_dir / "flwr" / "clients"),
              "CUDA_VISIBLE_DEVICES": ""},
-        restartable=True,
+        clients=tuple(range(clients)), restartable=True,
     )
     specs = [host]
     for k, gpu_id in enumerate(placement.client_gpu):

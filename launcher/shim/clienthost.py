@@ -30,6 +30,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from fedcore.rundir import RunDir
 from launcher.shim.endpoint import Wire
 from launcher.shim.hostparts import (
     Endpoint,
@@ -40,6 +41,7 @@ from launcher.shim.hostparts import (
     peer_uid,
     preload,
 )
+from launcher.supervision.departures import Departures
 
 POLL = 0.25
 STATUS_EVERY = 0.5
@@ -70,6 +72,7 @@ class Host:
         self.status_at = 0.0
         self.log_dir = self.run_dir / "logs"
         self.progress_dir = self.run_dir / "progress"
+        self.departures = Departures(RunDir(self.run_dir))
 
     # -- endpoints ------------------------------------------------------------------------------
 
@@ -169,7 +172,7 @@ class Host:
         self.changed = True
         if self.stopping:
             return
-        self.depart(client)
+        self.departures.died(client)  # the ServerApp stops waiting for its node
         used = self.restarts.get(client, 0)
         if used >= self.args.max_restarts:
             self.failed.add(client)
@@ -182,15 +185,6 @@ class Host:
         print(f"fedlaunch: client-{client} exited with code {code}; restarting it (restart "
               f"{used + 1} of {self.args.max_restarts})", flush=True)
         self.fork(client)
-
-    def depart(self, client: int) -> None:
-        """Tell the ServerApp to stop waiting for this client's node (see supervision/departures)."""
-        try:
-            node_id = int((self.progress_dir / f"client-{client}.node").read_text())
-        except (OSError, ValueError):
-            return
-        with (self.run_dir / "departed-nodes.txt").open("a") as fh:
-            fh.write(f"{node_id}\n")
 
     def from_endpoint(self, client: int, message: dict[str, Any]) -> None:
         endpoint = self.endpoints.get(client)
@@ -339,6 +333,7 @@ class Host:
                     for message in self.endpoints[who].wire.lines(chunk):
                         self.from_endpoint(who, message)
             self.reap()
+            self.departures.poll()  # a restarted client back under its node id (node keys)
             self.write_status()
             if os.getppid() != parent:
                 print("fedlaunch: the launcher is gone; stopping", file=sys.stderr, flush=True)

@@ -51,7 +51,12 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)
     gpu: int | None = None
     client: int | None = None
+    clients: tuple[int, ...] = ()  # every client it serves: the pool's client host
     restartable: bool = False
+
+    def served(self) -> tuple[int, ...]:
+        """The clients whose nodes go when this process does."""
+        return self.clients or (() if self.client is None else (self.client,))
 
 
 class ManagedProcess:

@@ -302,9 +302,9 @@ class Supervisor:
             name, proc.returncode, expected=False, restarts=used, will_restart=again,
             client=spec.client, log_tail=tuple(proc.tail)[-10:],
         ))
-        if spec.client is not None:
-            self.departures.died(spec.client)
-            self.bus.publish(ClientProgress(client=spec.client, gpu=spec.gpu,
+        for client in spec.served():  # a client host takes every client's node with it
+            self.departures.died(client)
+            self.bus.publish(ClientProgress(client=client, gpu=spec.gpu,
                                             state="restarting" if again else "failed"))
         if again:
             self.restarts[name] = used + 1
