@@ -7,6 +7,7 @@ import asyncio
 import atexit
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -390,6 +391,9 @@ def record_modules_at_exit() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     record_modules_at_exit()
+    # SIGINT stops fedlaunch with 130 at any point, as it does once the run is up, even when it
+    # was started where SIGINT is inherited as ignored (`cmd &` in a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args_list = sys.argv[1:] if argv is None else argv
     try:
         if args_list[:1] == ["report"]:

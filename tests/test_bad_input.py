@@ -389,7 +389,8 @@ def test_a_valid_profile_and_flags_pass_the_checks(tmp_path: Path) -> None:
 
 def test_interrupting_during_checks_exits_130(tmp_path: Path) -> None:
     """Ctrl+C while the launcher checks the data (decoding image folders): 130 and the one-line
-    message, no traceback, no run folder."""
+    message, no traceback, no run folder; even started with SIGINT ignored, as `fedlaunch &` in
+    a script is."""
     import signal
 
     from tests.runs import child_env, fedlaunch_argv
@@ -399,7 +400,8 @@ def test_interrupting_during_checks_exits_130(tmp_path: Path) -> None:
     proc = subprocess.Popen(fedlaunch_argv("--data-dir", "data", "--out", "run"), cwd=tmp_path,
                             env=child_env({"XDG_CACHE_HOME": str(tmp_path / "cache")}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         # Execute: interrupt once the launcher says it is decoding
         assert proc.stdout is not None
