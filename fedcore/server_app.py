@@ -86,6 +86,8 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         run.append_metric("nodes", connected=sorted(m.metadata.dst_node_id for m in messages),
                           expected=cfg.clients, round=server_round)
         pending = push(grid, messages)
+        # in the SuperLink now: the pool's client host rings these nodes (launcher.shim.hostparts)
+        run.append_metric("sent", round=server_round, nodes=sorted(set(pending.values())))
         if trained is not None:  # evaluated while the clients train this round
             best, train_images = finish(trained, round_started, model, test, cfg, run, best,
                                         train_images)

@@ -116,7 +116,7 @@ def test_second_load_reads_cache_without_decoding(tmp_path: Path, monkeypatch: p
     def no_decode(*_: object) -> None:
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data, "_decode", no_decode)
+    monkeypatch.setattr(data, "decode", no_decode)
     second_log: list[str] = []
     split = load_dataset("cifar10", tmp_path, download=False, log=second_log.append)
 
@@ -141,7 +141,7 @@ def test_cache_goes_to_default_cache_dir_when_data_dir_unwritable(
 
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse_data_dir)
     load_quiet(data_dir)
-    monkeypatch.setattr(data, "_decode", lambda *_: pytest.fail("decoded again"))
+    monkeypatch.setattr(data, "decode", lambda *_: pytest.fail("decoded again"))
 
     split = load_quiet(data_dir)
 

@@ -173,7 +173,8 @@ def test_children_do_not_inherit_flower_internal_variables(monkeypatch: pytest.M
 
 def join_plan_for(tmp_path: Path, *extra: str) -> object:
     """`fedlaunch --join ... EXTRA --out run` planned for real (config.json written)."""
-    from launcher.cli import build_parser, network_plan, resolve_config
+    from launcher.cli import build_parser, resolve_config
+    from launcher.network.flags import network_plan
     from launcher.planning.gpus import Nvml
     from launcher.planning.prepare import make_plan
     from tests.fake_nvml import FakeNvml

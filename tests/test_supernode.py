@@ -28,9 +28,24 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return waits
 
 
+class Bell:
+    """Stands in for PromptTime's doorbell: records each idle wait, never rung."""
+
+    def __init__(self, waits: list[float]) -> None:
+        self.waits = waits
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return False
+
+    def clear(self) -> None:
+        pass
+
+
 def test_idle_polls_start_fast_after_a_task_and_settle(slept: list[float]) -> None:
     clock = Clock()
     prompt = PromptTime(clock)
+    prompt.doorbell = Bell(slept)  # type: ignore[assignment]
     prompt.sleep(3)  # no task yet: the settled idle wait
     prompt.sleep(0.5)  # waiting for the ClientApp's reply: short, and the node counts as busy
     clock.now += 0.01
@@ -134,7 +149,6 @@ def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPa
     """The wait for a ClientApp's reply ends when the node state stores it, not SHORT_WAIT later;
     without a store it lasts SHORT_WAIT, and the idle poll is not shortened by a store."""
     import threading
-
     from types import SimpleNamespace
 
     from flwr.supercore.object_store import ObjectStoreFactory
@@ -163,3 +177,15 @@ def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPa
 
     state.store_object(run_id=1, session_id="none", object_id="x", object_content=b"")
     assert nudge.is_set()  # even a refused object wakes the wait: it then looks again
+
+
+def test_the_doorbell_ends_an_idle_wait_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(supernode, "IDLE_WAIT", 10.0)  # as with many clients (at most 3 s)
+    prompt = PromptTime()
+    threading.Timer(0.05, prompt.doorbell.set).start()
+    started = time.monotonic()
+    prompt.sleep(3)  # the idle poll: IDLE_WAIT unless rung
+    assert time.monotonic() - started < 5.0
+    assert not prompt.doorbell.is_set()

@@ -24,7 +24,7 @@ from launcher.planning.plan import Plan, federated_plan, local_plan, port_in_use
 from launcher.planning.pool import choose_workers
 
 # The most training images each data set can have: more clients than this can never get data
-# (fedcore.data.SYNTHETIC_TRAIN; numpy is imported only when the data is checked).
+# (fedcore.synthetic.SYNTHETIC_TRAIN; numpy is imported only when the data is checked).
 TRAIN_SIZES = {"cifar10": 50_000, "synthetic": 10_000}
 DATASETS = tuple(TRAIN_SIZES)
 # Built afresh at every launch: the Flower app, Flower's homes, the clients' progress files.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import selectors
 import signal
@@ -33,17 +32,21 @@ from typing import Any
 from fedcore.rundir import RunDir
 from launcher.shim.endpoint import Wire
 from launcher.shim.hostparts import (
+    Doorbell,
     Endpoint,
     Worker,
     die_with_parent,
     free_port,
+    owner_only_listener,
     parse_ids,
     peer_uid,
     preload,
+    record_task,
+    write_pool_status,
 )
 from launcher.supervision.departures import Departures
 
-POLL = 0.25
+POLL = 0.1  # also how late a round's doorbell rings at most
 STATUS_EVERY = 0.5
 STOP_GRACE = 5.0
 SIGN_IN_PATIENCE = 30.0  # a client still signing in after this no longer holds back the next ones
@@ -73,6 +76,7 @@ class Host:
         self.log_dir = self.run_dir / "logs"
         self.progress_dir = self.run_dir / "progress"
         self.departures = Departures(RunDir(self.run_dir))
+        self.doorbell = Doorbell(RunDir(self.run_dir).metrics_path, self.progress_dir)
 
     # -- endpoints ------------------------------------------------------------------------------
 
@@ -279,34 +283,15 @@ class Host:
     # -- the run folder -------------------------------------------------------------------------
 
     def record(self, task: dict[str, Any], **more: Any) -> None:
-        if task.get("_recorded"):
-            return
-        task["_recorded"] = True
-        line = {k: v for k, v in {**task, **more}.items()
-                if k not in ("token", "address", "pid") and not k.startswith("_")}
-        line.setdefault("status", "unknown")
-        with (self.run_dir / "workers.jsonl").open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        record_task(self.run_dir, task, **more)
 
     def write_status(self) -> None:
         now = time.time()
         if not self.changed or now - self.status_at < STATUS_EVERY:
             return
         self.changed, self.status_at = False, now
-        status = {
-            "time": now, "host_pid": os.getpid(), "queued": [t["client"] for t in self.queue],
-            "workers": [{"name": w.name, "pid": w.pid, "gpu": w.gpu, "state": w.state,
-                         "client": w.task["client"] if w.task else None, "since": w.since,
-                         "tasks": w.tasks, "images_per_s": round(w.images_per_s, 1)}
-                        for w in self.workers],
-            "clients": {str(c): {"pid": e.pid, "restarts": self.restarts.get(c, 0),
-                                 "busy": e.current is not None}
-                        for c, e in self.endpoints.items()},
-            "failed": sorted(self.failed),
-        }
-        tmp = self.run_dir / ".pool.json.tmp"
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, self.run_dir / "pool.json")
+        write_pool_status(self.run_dir, self.queue, self.workers, self.endpoints, self.restarts,
+                          self.failed)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -332,6 +317,9 @@ class Host:
                 elif who in self.endpoints and chunk:
                     for message in self.endpoints[who].wire.lines(chunk):
                         self.from_endpoint(who, message)
+            for client in self.doorbell.due():  # this round's nodes: poll the SuperLink now
+                if client in self.endpoints:
+                    self.endpoints[client].wire.send(op="poll")
             self.reap()
             self.departures.poll()  # a restarted client back under its node id (node keys)
             self.write_status()
@@ -385,15 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "progress").mkdir(parents=True, exist_ok=True)
     path = Path(args.socket)
-    path.unlink(missing_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(old)
-    listener.listen(64)
-    host = Host(args, listener)
+    host = Host(args, owner_only_listener(path))
 
     def stop(_signum: int, _frame: object) -> None:
         host.stopping = True

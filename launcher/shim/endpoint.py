@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from launcher.shim import flwr_internals as fi
@@ -199,8 +200,9 @@ def report_replies(wire: Wire) -> None:
     module._push_messages = push_and_report  # type: ignore[attr-defined]
 
 
-def listen(claimer: Claimer, wire: Wire) -> None:
-    """The host's orders: `taken` and `lost` tokens. The host gone: this endpoint ends."""
+def listen(claimer: Claimer, wire: Wire, ring: Callable[[], None]) -> None:
+    """The host's orders: `taken` and `lost` tokens, and `poll` (a message waits at the SuperLink:
+    `ring` ends the SuperNode's idle wait). The host gone: this endpoint ends."""
     while True:
         try:
             chunk = wire.sock.recv(65536)
@@ -213,6 +215,8 @@ def listen(claimer: Claimer, wire: Wire) -> None:
                 claimer.taken(str(message.get("token", "")))
             elif message.get("op") == "lost":
                 claimer.lost(str(message.get("token", "")))
+            elif message.get("op") == "poll":
+                ring()
 
 
 def serve(sock: socket.socket, client: int, port: int, argv: list[str]) -> None:
@@ -235,6 +239,8 @@ def serve(sock: socket.socket, client: int, port: int, argv: list[str]) -> None:
         supernode.record_node_id(path)
     wire.send(op="hello", client=client, pid=os.getpid(), address=address)
     threading.Thread(target=claimer.run, name="claimer", daemon=True).start()
-    threading.Thread(target=listen, args=(claimer, wire), name="host", daemon=True).start()
+    prompt = sys.modules["flwr.supernode.start_client_internal"].time  # hostparts.preload's
+    ring = prompt.doorbell.set if isinstance(prompt, supernode.PromptTime) else (lambda: None)
+    threading.Thread(target=listen, args=(claimer, wire, ring), name="host", daemon=True).start()
     sys.argv = ["flower-supernode", *argv]
     fi.flower_supernode()

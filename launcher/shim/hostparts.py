@@ -1,12 +1,17 @@
-"""The client host's pieces: what it knows of each endpoint and worker, and process helpers."""
+"""The client host's pieces: what it knows of each endpoint and worker, its doorbell, what it
+writes to the run folder (workers.jsonl, pool.json), and process helpers."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from launcher.shim.endpoint import Wire
@@ -36,6 +41,104 @@ class Worker:
     tasks: int = 0
     images_per_s: float = 0.0
     since: float = field(default_factory=time.time)
+
+
+class Doorbell:
+    """Which endpoints to ring: those whose nodes a round's messages just went to.
+
+    The ServerApp writes a `sent` record (the round's node ids) to metrics.jsonl once its messages
+    are in the SuperLink. An idle SuperNode looks for messages only every --idle-wait seconds (3 s
+    with 100 clients, to spare the SuperLink), so without a ring a round would start up to that
+    late. SuperNodes joined from other machines are not rung and poll as usual.
+    """
+
+    def __init__(self, metrics: Path, progress: Path) -> None:
+        self.metrics = metrics
+        self.progress = progress
+        try:  # a resumed run's earlier records are not this launch's rounds
+            self.offset = metrics.stat().st_size
+        except OSError:
+            self.offset = 0
+        self.partial = b""
+
+    def due(self) -> list[int]:
+        """The clients to ring now (reads what was appended since the last call)."""
+        try:
+            size = self.metrics.stat().st_size
+            if size <= self.offset:
+                return []
+            with self.metrics.open("rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read(size - self.offset)
+        except OSError:
+            return []
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        nodes: set[int] = set()
+        for line in lines:
+            try:
+                record = json.loads(line)
+                if record.get("event") == "sent":
+                    nodes.update(int(n) for n in record.get("nodes", ()))
+            except (ValueError, TypeError, AttributeError):
+                continue
+        return self.clients_of(nodes) if nodes else []
+
+    def clients_of(self, nodes: set[int]) -> list[int]:
+        clients = []
+        for path in self.progress.glob("client-*.node"):
+            try:
+                if int(path.read_text()) in nodes:
+                    clients.append(int(path.name.removeprefix("client-").removesuffix(".node")))
+            except (OSError, ValueError):
+                continue
+        return sorted(clients)
+
+
+def record_task(run_dir: Path, task: dict[str, Any], **more: Any) -> None:
+    """One line of workers.jsonl for a finished task (once; its token and address left out)."""
+    if task.get("_recorded"):
+        return
+    task["_recorded"] = True
+    line = {k: v for k, v in {**task, **more}.items()
+            if k not in ("token", "address", "pid") and not k.startswith("_")}
+    line.setdefault("status", "unknown")
+    with (run_dir / "workers.jsonl").open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def write_pool_status(run_dir: Path, queue: Iterable[dict[str, Any]], workers: list[Worker],
+                      endpoints: dict[int, Endpoint], restarts: dict[int, int],
+                      failed: set[int]) -> None:
+    """pool.json: the live pool, for the launcher's view (written, then renamed)."""
+    now = time.time()
+    status = {
+        "time": now, "host_pid": os.getpid(), "queued": [t["client"] for t in queue],
+        "workers": [{"name": w.name, "pid": w.pid, "gpu": w.gpu, "state": w.state,
+                     "client": w.task["client"] if w.task else None, "since": w.since,
+                     "tasks": w.tasks, "images_per_s": round(w.images_per_s, 1)}
+                    for w in workers],
+        "clients": {str(c): {"pid": e.pid, "restarts": restarts.get(c, 0),
+                             "busy": e.current is not None}
+                    for c, e in endpoints.items()},
+        "failed": sorted(failed),
+    }
+    tmp = run_dir / ".pool.json.tmp"
+    tmp.write_text(json.dumps(status))
+    os.replace(tmp, run_dir / "pool.json")
+
+
+def owner_only_listener(path: Path) -> socket.socket:
+    """The pool's Unix socket at `path`, created mode 0600 (the host checks each peer's uid too)."""
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    listener.listen(64)
+    return listener
 
 
 def parse_ids(text: str) -> list[int]:

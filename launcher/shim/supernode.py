@@ -28,7 +28,8 @@ class PromptTime(ModuleType):
     settles at five polls a second.
 
     With a `nudge` (see `nudge_on_replies`), a short wait ends as soon as a reply or one of its
-    objects is stored, instead of at the end of SHORT_WAIT.
+    objects is stored, instead of at the end of SHORT_WAIT; ringing the `doorbell` (the pool's
+    client host does, when a round's message to this node is in the SuperLink) ends an idle wait.
     """
 
     def __init__(self, clock: Any = time.monotonic,
@@ -36,6 +37,7 @@ class PromptTime(ModuleType):
         super().__init__("time")
         self.clock = clock
         self.nudge = nudge
+        self.doorbell = threading.Event()  # rung: the idle wait ends now (a message is waiting)
         self.busy_at = -1e9  # when the node last waited for a ClientApp
 
     def __getattr__(self, name: str) -> Any:
@@ -46,7 +48,8 @@ class PromptTime(ModuleType):
 
     def sleep(self, seconds: float) -> None:
         if seconds >= 1:
-            time.sleep(self.idle_wait())
+            self.doorbell.wait(self.idle_wait())
+            self.doorbell.clear()
             return
         self.busy_at = self.clock()
         if self.nudge is None:
