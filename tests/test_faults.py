@@ -245,6 +245,7 @@ def test_a_killed_serverapp_fails_the_run_at_once_by_name(tmp_path: Path) -> Non
 
 # --- a hung client, and stops at the edges of a round ------------------------------------------
 
+@pytest.mark.slow  # over a minute: two rounds each wait out a 20 s --round-timeout
 @pytest.mark.timeout(220)
 def test_a_hung_client_costs_one_round_timeout_per_round_and_the_run_completes(
     tmp_path: Path,

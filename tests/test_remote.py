@@ -495,6 +495,7 @@ def test_serve_and_two_joins_over_tls_and_a_join_without_the_ca(tmp_path: Path) 
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # over a minute: the restarted node waits out Flower's heartbeat window
 @pytest.mark.timeout(420)
 def test_node_keys_admit_registered_nodes_only_and_a_restarted_one_signs_in_again(
         tmp_path: Path) -> None:

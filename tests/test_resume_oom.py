@@ -80,6 +80,7 @@ def test_out_of_memory_client_is_named_with_its_device_and_a_hint(tmp_path: Path
     assert "fedlaunch: run failed: client-1\n" in result.stdout
 
 
+@pytest.mark.slow  # two federated runs side by side
 @pytest.mark.timeout(240)
 def test_warm_and_stock_executors_give_the_same_results(tmp_path: Path) -> None:
     results = {}
