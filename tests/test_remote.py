@@ -42,6 +42,7 @@ from launcher.network.remote import (
 from launcher.planning.bundle import write_flwr_config
 from launcher.planning.gpus import GpuInfo
 from launcher.planning.placement import Placement
+from launcher.planning.pool import WorkerChoice
 from launcher.supervision.follow import RunFollower
 from launcher.supervision.hints import explain_failure
 from launcher.tui.state import RunState
@@ -300,6 +301,34 @@ def test_join_clients_are_named_by_partition_id_on_screen(tmp_path: Path) -> Non
         5: (1, "starting"), 6: (0, "training")}
 
 
+def test_join_and_serve_plans_put_more_clients_than_workers_on_a_pool(
+        tmp_path: Path, certs: CertPaths) -> None:
+    keys = tmp_path / "keys"
+    generate_node_keys(keys, 8)
+    join = join_plan(CFG, tmp_path / "j", cpu(2), Address("server.lan", 9092), range(2, 8), 8,
+                     certs.ca_cert, insecure=False, node_keys=keys,
+                     workers=WorkerChoice(2, "--workers 2"))
+    serve = serve_plan(CFG.replace(clients=8), tmp_path / "s", cpu(3), Address("0.0.0.0", 9092),
+                       certs.dir, insecure=False, local_partitions=range(0, 5),
+                       workers=WorkerChoice(3, "--workers 3"))
+
+    assert [p.role for p in join.processes] == ["clienthost", "worker", "worker"]
+    host = join.processes[0]
+    assert host.clients == (2, 3, 4, 5, 6, 7)
+    argv = list(host.argv)
+    assert argv[argv.index("--partition-ids") + 1] == "2-7"
+    assert argv[argv.index("--num-partitions") + 1] == "8"
+    assert argv[argv.index("--node-config-extra") + 1].startswith("progress-dir=")
+    assert ["--root-certificates", str(certs.ca_cert)] == argv[argv.index("--root-certificates"):][:2]
+    assert argv[argv.index("--auth-supernode-private-key") + 1] == str(keys / "node-{partition}.key")
+    assert join.pool_clients == 6 and "6 clients" in join.describe()
+    roles = [p.role for p in serve.processes]
+    assert roles.count("worker") == 3 and "clienthost" in roles and "supernode" not in roles
+    served = next(p for p in serve.processes if p.role == "clienthost")
+    assert served.clients == (0, 1, 2, 3, 4) and "--num-partitions" in served.argv
+    assert "partition-id 0-4" in serve.describe()
+
+
 def test_join_plan_stock_executor_and_insecure(tmp_path: Path) -> None:
     plan = join_plan(CFG, tmp_path, cpu(1), Address("10.1.1.1", 9092), range(0, 1), 2, None,
                      insecure=True, executor="stock")
@@ -379,9 +408,11 @@ def run_role(role: str, spec: dict[str, Any]) -> int:
                           local_partitions=local, node_keys=keys)
     else:
         ids = range(*spec["ids"])
-        plan = join_plan(cfg, run_dir, cpu(len(ids)), parse_address(spec["address"], "--join"),
-                         ids, spec["clients"], Path(spec["ca"]) if spec.get("ca") else None,
-                         insecure=False, max_restarts=0, connect_timeout=60.0, node_keys=keys)
+        pool = WorkerChoice(spec["workers"], "test") if spec.get("workers") else None
+        plan = join_plan(cfg, run_dir, cpu(pool.workers if pool else len(ids)),
+                         parse_address(spec["address"], "--join"), ids, spec["clients"],
+                         Path(spec["ca"]) if spec.get("ca") else None, insecure=False,
+                         max_restarts=0, connect_timeout=60.0, node_keys=keys, workers=pool)
 
     def report(event: object) -> None:
         if isinstance(event, (Notice, RunFinished)):
@@ -492,6 +523,41 @@ def test_serve_and_two_joins_over_tls_and_a_join_without_the_ca(tmp_path: Path) 
     assert "--root-certificates ca.crt" in (explain_failure(refused["log_tail"]) or "")
     assert refused_after < 90
     print(f"\nrefused after {refused_after:.1f} s; 2 rounds served after {served_after:.1f} s")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(420)
+def test_a_join_of_four_clients_on_one_worker_signs_each_in_with_its_key(tmp_path: Path) -> None:
+    """A joining machine with more clients than workers: its 4 clients are SuperNodes of one
+    client host, each signing in over TLS with its own node key, and 1 worker trains them all."""
+    tls = generate(tmp_path / "tls", [])
+    generate_node_keys(tls.dir / "nodes", 4)
+    address = f"127.0.0.1:{free_port()}"
+    roles: list[Role] = []
+    try:
+        serve = Role("serve", {"run_dir": str(tmp_path / "serve"), "clients": 4, "address": address,
+                               "certs": str(tls.dir), "keys": str(tls.dir)})
+        roles.append(serve)
+        join = Role("join", {"run_dir": str(tmp_path / "join"), "clients": 4, "ids": [0, 4],
+                             "workers": 1, "address": address, "ca": str(tls.ca_cert),
+                             "keys": str(tls.dir / "nodes")})
+        roles.append(join)
+        served = serve.finish(300)
+        joined = join.stop()
+    finally:
+        for role in roles:
+            role.stop()
+
+    assert served["exit_code"] == 0, serve.out.read_text()[-3000:]
+    assert [(r["round"], r["replies"]) for r in rounds_of(tmp_path / "serve")] == [(1, 4), (2, 4)]
+    assert joined is not None and joined["exit_reason"] == "terminated", join.out.read_text()[-3000:]
+    tasks = [json.loads(line) for line in
+             (tmp_path / "join" / "workers.jsonl").read_text().splitlines()]
+    trained = [t for t in tasks if t.get("type") == "train" and t.get("status") == "completed"]
+    assert sorted(t["client"] for t in trained) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert {t["worker"] for t in trained} == {"worker-0"}
+    register = (tmp_path / "serve" / "logs" / "register.log").read_text()
+    assert register.count("registered successfully") == 4
 
 
 @pytest.mark.e2e

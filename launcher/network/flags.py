@@ -15,6 +15,7 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from launcher.planning.placement import Placement
 from launcher.planning.plan import Plan
+from launcher.planning.pool import WorkerChoice
 from launcher.planning.prepare import LaunchOptions, RemotePlan, trusted_folder, trusted_path
 
 
@@ -54,10 +55,11 @@ def network_plan(args: argparse.Namespace,
         address = remote.parse_address(args.serve, "--serve")
         local = ids or range(0)
 
-        def serve(cfg: RunConfig, run_dir: Path, placement: Placement) -> Plan:
+        def serve(cfg: RunConfig, run_dir: Path, placement: Placement,
+                  workers: WorkerChoice | None) -> Plan:
             return remote.serve_plan(cfg, run_dir, placement, address, certs, args.insecure,
                                      local_partitions=local, max_restarts=opts.max_restarts,
-                                     executor=opts.executor, node_keys=keys)
+                                     executor=opts.executor, node_keys=keys, workers=workers)
 
         return len(local), serve
     if args.join:
@@ -72,10 +74,11 @@ def network_plan(args: argparse.Namespace,
                              f"{args.num_partitions} (ids run from 0 to {args.num_partitions - 1})")
         ca = remote.root_ca(certs, Path(args.root_certificates) if args.root_certificates else None)
 
-        def join(cfg: RunConfig, run_dir: Path, placement: Placement) -> Plan:
+        def join(cfg: RunConfig, run_dir: Path, placement: Placement,
+                 workers: WorkerChoice | None) -> Plan:
             plan = remote.join_plan(cfg, run_dir, placement, address, ids, args.num_partitions,
                                     ca, args.insecure, max_restarts=opts.max_restarts,
-                                    executor=opts.executor, node_keys=keys)
+                                    executor=opts.executor, node_keys=keys, workers=workers)
             return own_data(plan, cfg.data_dir)
 
         return len(ids), join

@@ -31,7 +31,8 @@ def key_folder(path: Path) -> Path:
     return path / NODES if (path / NODES).is_dir() else path
 
 
-def private_key_path(folder: Path, partition_id: int) -> Path:
+def private_key_path(folder: Path, partition_id: int | str) -> Path:
+    """Client `partition_id`'s key (a str such as "{partition}" gives the pool's template)."""
     return folder / f"node-{partition_id}.key"
 
 

@@ -15,6 +15,8 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from launcher.network import nodeauth
 from launcher.network.certs import CertPaths, covers, server_names
+from launcher.network.runtime_secret import FLAG as SECRET_FLAG
+from launcher.network.runtime_secret import secret_path
 from launcher.planning.bundle import toml_string
 from launcher.planning.placement import Placement
 from launcher.planning.plan import (
@@ -27,6 +29,7 @@ from launcher.planning.plan import (
     submit_spec,
     superlink_spec,
 )
+from launcher.planning.pool import WorkerChoice, pool_specs
 from launcher.supervision.procs import ProcessSpec
 
 LOCAL = "127.0.0.1"
@@ -144,8 +147,9 @@ def authentication(node_keys: Path | None, tls: bool, partitions: range,
     return folder, registered
 
 
-def signs_in(keys: Path | None, partition_id: int) -> tuple[str, ...]:
-    """The SuperNode flag that makes client `partition_id` sign in with its key."""
+def signs_in(keys: Path | None, partition_id: int | str) -> tuple[str, ...]:
+    """The SuperNode flag that makes client `partition_id` sign in with its key (for the pool's
+    client host, `"{partition}"`: it puts in each client's id)."""
     if keys is None:
         return ()
     return ("--auth-supernode-private-key", str(nodeauth.private_key_path(keys, partition_id)))
@@ -163,17 +167,20 @@ def serve_plan(
     max_restarts: int = 3,
     executor: str = "warm",
     node_keys: Path | None = None,
+    workers: WorkerChoice | None = None,
 ) -> Plan:
     """A SuperLink for cfg.clients nodes, clients for `local_partitions` here (placed by
-    `placement`, one entry each), and the `flwr run` submitter.
+    `placement`, one entry each, or one per worker when `workers` is fewer: the pool), and the
+    `flwr run` submitter.
 
     The SuperLink listens on a free port of 127.0.0.1, where the local clients, the submitter
     and node-key registration reach it; on `address` a gateway forwards only the Fleet API (what
     SuperNodes use) to it. TLS (the server certificate, key and CA in `certificates`) is
     required beyond loopback unless `insecure`, which adds a warning to the plan.
     """
-    if len(local_partitions) != len(placement.client_gpu):
-        raise ValueError("placement must place exactly the local partitions")
+    pool = pooled(workers, len(local_partitions), executor)
+    if (pool.workers if pool else len(local_partitions)) != len(placement.client_gpu):
+        raise ValueError("placement must place exactly the local partitions (or workers)")
     if local_partitions and (local_partitions.start < 0 or local_partitions.stop > cfg.clients):
         raise UsageError(f"local partition ids {local_partitions.start}-{local_partitions.stop - 1} "
                          f"are outside 0-{cfg.clients - 1} (--clients {cfg.clients})")
@@ -217,16 +224,25 @@ def serve_plan(
     specs = [superlink_spec(run_dir, link_port, server_tls, server_gpu),
              serverapp_executor_spec(run_dir, link_port, str(ca) if ca else None, server_gpu),
              gateway_spec(address, loopback, certs)]
-    threads = cpu_threads(max(1, len(local_partitions)))
-    for partition_id, gpu_id in zip(local_partitions, placement.client_gpu, strict=True):
-        node_config = f"partition-id={partition_id} num-partitions={cfg.clients}"
-        specs.append(client_spec(run_dir, partition_id, node_config, str(loopback), tls, gpu_id,
-                                 placement, threads, executor, signs_in(keys, partition_id)))
+    threads = cpu_threads(max(1, pool.workers if pool else len(local_partitions)))
+    if pool:
+        specs.extend(pool_specs(run_dir, local_partitions, cfg.clients, str(loopback), placement,
+                                FLWR_ENV, threads, max_restarts,
+                                (*tls, SECRET_FLAG, str(secret_path(run_dir)),
+                                 *signs_in(keys, "{partition}"))))
+    else:
+        for partition_id, gpu_id in zip(local_partitions, placement.client_gpu, strict=True):
+            node_config = f"partition-id={partition_id} num-partitions={cfg.clients}"
+            specs.append(client_spec(run_dir, partition_id, node_config, str(loopback), tls,
+                                     gpu_id, placement, threads, executor,
+                                     signs_in(keys, partition_id)))
     specs.append(submit_spec(run_dir))
     placement = dataclasses.replace(placement, notes=tuple(notes), warnings=tuple(warnings))
     return Plan("federated", cfg, run_dir, placement, tuple(specs), str(loopback), max_restarts,
                 root_certificates=str(ca) if ca else "",
-                node_keys=tuple(str(k) for k in registered))
+                node_keys=tuple(str(k) for k in registered),
+                pool_clients=len(local_partitions) if pool else 0,
+                workers_why=pool.why if pool else "")
 
 
 def gateway_spec(address: Address, superlink: Address, certs: CertPaths | None) -> ProcessSpec:
@@ -256,8 +272,10 @@ def join_plan(
     executor: str = "warm",
     connect_timeout: float | None = None,
     node_keys: Path | None = None,
+    workers: WorkerChoice | None = None,
 ) -> Plan:
-    """Clients for `partition_ids` of `num_partitions`, connected to the SuperLink at `address`.
+    """Clients for `partition_ids` of `num_partitions`, connected to the SuperLink at `address`
+    (one per worker in `placement` when `workers` is fewer: the pool).
 
     Each client's progress file goes to this run folder (node config `progress-dir`).
     `connect_timeout` bounds how long a client keeps retrying an unreachable SuperLink
@@ -269,8 +287,9 @@ def join_plan(
     if partition_ids.start < 0 or partition_ids.stop > num_partitions:
         raise UsageError(f"--partition-ids {partition_ids.start}-{partition_ids.stop - 1} are "
                          f"outside 0-{num_partitions - 1} (--num-partitions {num_partitions})")
-    if len(partition_ids) != len(placement.client_gpu):
-        raise ValueError("placement must place exactly the partition ids")
+    pool = pooled(workers, len(partition_ids), executor)
+    if (pool.workers if pool else len(partition_ids)) != len(placement.client_gpu):
+        raise ValueError("placement must place exactly the partition ids (or workers)")
     if address.wildcard:
         raise UsageError(f"--join {address}: give the server's name or address, not a wildcard")
     tls = client_tls(root_ca, insecure)
@@ -280,15 +299,31 @@ def join_plan(
         warnings.append(insecure_warning(address, "clients connect to"))
     extra = ("--max-wait-time", str(connect_timeout)) if connect_timeout is not None else ()
     progress = toml_string(str(run_dir / "progress"))  # Flower's node-config parser takes TOML
-    threads = cpu_threads(len(partition_ids))
-    specs = tuple(
-        client_spec(run_dir, partition_id,
-                     f"partition-id={partition_id} num-partitions={num_partitions} "
-                     f"progress-dir={progress}",
-                     str(address), tls, gpu_id, placement, threads, executor,
-                     extra + signs_in(keys, partition_id))
-        for partition_id, gpu_id in zip(partition_ids, placement.client_gpu, strict=True)
-    )
+    threads = cpu_threads(pool.workers if pool else len(partition_ids))
+    if pool:
+        specs = tuple(pool_specs(
+            run_dir, partition_ids, num_partitions, str(address), placement, FLWR_ENV, threads,
+            max_restarts, (*tls, SECRET_FLAG, str(secret_path(run_dir)), *extra,
+                           *signs_in(keys, "{partition}")),
+            node_config_extra=f"progress-dir={progress}"))
+    else:
+        specs = tuple(
+            client_spec(run_dir, partition_id,
+                        f"partition-id={partition_id} num-partitions={num_partitions} "
+                        f"progress-dir={progress}",
+                        str(address), tls, gpu_id, placement, threads, executor,
+                        extra + signs_in(keys, partition_id))
+            for partition_id, gpu_id in zip(partition_ids, placement.client_gpu, strict=True)
+        )
     placement = dataclasses.replace(placement, warnings=tuple(warnings))
     return Plan("join", cfg, run_dir, placement, specs, str(address), max_restarts,
-                root_certificates=str(root_ca) if root_ca else "")
+                root_certificates=str(root_ca) if root_ca else "",
+                pool_clients=len(partition_ids) if pool else 0,
+                workers_why=pool.why if pool else "")
+
+
+def pooled(workers: WorkerChoice | None, clients: int, executor: str) -> WorkerChoice | None:
+    """The worker choice when it makes a pool (fewer warm workers than clients), else None."""
+    if workers is not None and workers.workers < clients and executor == "warm":
+        return workers
+    return None

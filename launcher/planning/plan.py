@@ -56,7 +56,8 @@ class Plan:
         )
         lines = [
             f"run folder: {self.run_dir}",
-            f"mode: join; {len(self.processes)} clients for the SuperLink's run (its settings "
+            f"mode: join; {self.pool_clients or len(self.processes)} clients for the "
+            "SuperLink's run (its settings "
             "decide model, data and rounds)" if self.mode == "join" else
             f"mode: {self.mode}; model {self.cfg.model}; data {self.cfg.dataset}; "
             + (f"{self.cfg.clients} clients, {self.cfg.rounds} rounds x {self.cfg.local_epochs} "
@@ -69,8 +70,9 @@ class Plan:
             lines.append(f"superlink: {self.superlink_address}{tls}")
         if self.pool_clients:
             workers = [p for p in self.processes if p.role == "worker"]
-            lines.append(f"clients: {self.pool_clients} Flower SuperNodes (partition-id 0-"
-                         f"{self.pool_clients - 1}) forked by one client host, no GPU")
+            ids = next(p.clients for p in self.processes if p.role == "clienthost")
+            lines.append(f"clients: {self.pool_clients} Flower SuperNodes (partition-id "
+                         f"{ids[0]}-{ids[-1]}) forked by one client host, no GPU")
             lines.append(f"workers: {len(workers)} ({self.workers_why}), each trains any "
                          "client's waiting task")
         for spec in self.processes:
@@ -208,8 +210,9 @@ def federated_plan(
     if pool:
         from launcher.planning.pool import pool_specs
 
-        specs.extend(pool_specs(run_dir, cfg.clients, address, placement, FLWR_ENV, threads,
-                                max_restarts, ("--insecure", SECRET_FLAG, str(secret_path(run_dir)))))
+        specs.extend(pool_specs(run_dir, range(cfg.clients), cfg.clients, address, placement,
+                                FLWR_ENV, threads, max_restarts,
+                                ("--insecure", SECRET_FLAG, str(secret_path(run_dir)))))
     else:
         for i, gpu_id in enumerate(placement.client_gpu):
             node_config = f"partition-id={i} num-partitions={cfg.clients}"

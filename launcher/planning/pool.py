@@ -84,21 +84,26 @@ def idle_wait(clients: int) -> float:
     return round(min(3.0, max(0.2, clients / 25)), 2)
 
 
-def pool_specs(run_dir: Path, clients: int, superlink: str, placement: Placement,
-               flwr_env: dict[str, str], threads: dict[str, str], max_restarts: int,
-               supernode_args: tuple[str, ...] = ("--insecure",)) -> list[ProcessSpec]:
-    """The client host (every client's SuperNode, with `supernode_args`: TLS, and the run's
-    SuperExec secret its claimers sign AcquireTask with) and one process per worker, pinned."""
+def pool_specs(run_dir: Path, partitions: range, num_partitions: int, superlink: str,
+               placement: Placement, flwr_env: dict[str, str], threads: dict[str, str],
+               max_restarts: int, supernode_args: tuple[str, ...] = ("--insecure",),
+               node_config_extra: str = "") -> list[ProcessSpec]:
+    """The client host (the SuperNodes of `partitions` out of `num_partitions`, with
+    `supernode_args`: TLS, the run's SuperExec secret its claimers sign AcquireTask with, and a
+    node key per client where `{partition}` stands for its id) and one process per worker,
+    pinned. `node_config_extra` goes into every client's node config (a join's progress-dir)."""
     sock = str(pool_socket(run_dir))
+    extra = ("--node-config-extra", node_config_extra) if node_config_extra else ()
     host = ProcessSpec(
         name="clients", role="clienthost",
         argv=(sys.executable, "-m", "launcher.shim.clienthost", "--superlink", superlink,
-              "--run-dir", str(run_dir), "--socket", sock, "--partition-ids", f"0-{clients - 1}",
-              "--num-partitions", str(clients), "--max-restarts", str(max_restarts),
-              "--idle-wait", str(idle_wait(clients)), "--", *supernode_args),
+              "--run-dir", str(run_dir), "--socket", sock,
+              "--partition-ids", f"{partitions.start}-{partitions.stop - 1}",
+              "--num-partitions", str(num_partitions), "--max-restarts", str(max_restarts),
+              "--idle-wait", str(idle_wait(len(partitions))), *extra, "--", *supernode_args),
         env={**flwr_env, "FLWR_HOME": str(run_dir / "flwr" / "clients"),
              "CUDA_VISIBLE_DEVICES": ""},
-        clients=tuple(range(clients)), restartable=True,
+        clients=tuple(partitions), restartable=True,
     )
     specs = [host]
     for k, gpu_id in enumerate(placement.client_gpu):

@@ -21,7 +21,7 @@ from launcher.kinds import Executor, RunMode
 from launcher.planning.gpus import Nvml
 from launcher.planning.placement import Placement, parse_gpus, plan_placement
 from launcher.planning.plan import Plan, federated_plan, local_plan, port_in_use
-from launcher.planning.pool import choose_workers
+from launcher.planning.pool import WorkerChoice, choose_workers
 
 # The most training images each data set can have: more clients than this can never get data
 # (fedcore.synthetic.SYNTHETIC_TRAIN; numpy is imported only when the data is checked).
@@ -30,7 +30,7 @@ DATASETS = tuple(TRAIN_SIZES)
 # Built afresh at every launch: the Flower app, Flower's homes, the clients' progress files.
 REBUILT = ("app", "flwr", PROGRESS)
 
-RemotePlan = Callable[[RunConfig, Path, Placement], Plan]
+RemotePlan = Callable[[RunConfig, Path, Placement, "WorkerChoice | None"], Plan]
 
 
 @dataclass(frozen=True)
@@ -145,14 +145,14 @@ def make_plan(
     nvml = nvml or Nvml()
     here = 1 if local else cfg.clients if local_clients is None else local_clients
     choice = None
-    if opts.mode == "federated" and remote is None and opts.executor == "warm":
-        seen = plan_placement(max(here, 1), request, nvml)  # which GPUs, how much is free
+    if not local and here > 0 and opts.executor == "warm":  # this machine's clients: a pool?
+        seen = plan_placement(here, request, nvml)  # which GPUs, how much is free
         choice = choose_workers(here, opts.workers, seen.gpus,
                                 client_footprint(cfg.model, cfg.batch_size), opts.clients_per_gpu)
         here = choice.workers
     elif opts.workers is not None:
-        raise UsageError("--workers goes with a federated run of this machine's clients and the "
-                         "warm executor (not --local, --serve, --join or --executor stock)")
+        raise UsageError("--workers goes with clients on this machine and the warm executor "
+                         "(not --local, --executor stock, or --serve without --partition-ids)")
     placement = plan_placement(max(here, 1), request, nvml,
                                per_client_bytes=client_footprint(cfg.model, cfg.batch_size),
                                clients_per_gpu=opts.clients_per_gpu)
@@ -161,7 +161,7 @@ def make_plan(
 
     def build(cfg: RunConfig, run_dir: Path) -> Plan:
         if remote is not None:
-            return remote(cfg, run_dir, placement)
+            return remote(cfg, run_dir, placement, choice)
         if local:
             return local_plan(cfg, run_dir, placement)
         return federated_plan(cfg, run_dir, placement, max_restarts=opts.max_restarts,

@@ -83,8 +83,9 @@ class Host:
     def fork(self, client: int) -> None:
         ours, theirs = socket.socketpair()
         port = free_port()
+        node_config = f"partition-id={client} num-partitions={self.args.num_partitions}"
         argv = ["--superlink", self.args.superlink, "--node-config",
-                f"partition-id={client} num-partitions={self.args.num_partitions}",
+                f"{node_config} {self.args.node_config_extra}".strip(),
                 "--isolation", "process", "--host", "127.0.0.1", "--port", str(port),
                 *[a.replace("{partition}", str(client)) for a in self.args.supernode_args]]
         log = self.log_dir / f"client-{client}.log"
@@ -359,6 +360,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-restarts", type=int, default=3)
     parser.add_argument("--sign-in-burst", type=int, default=8,
                         help="at most this many clients signing in to the SuperLink at a time")
+    parser.add_argument("--node-config-extra", default="",
+                        help="more node config for every client (a join's progress-dir)")
     parser.add_argument("--idle-wait", type=float, default=0.2,
                         help="seconds between an idle SuperNode's polls of the SuperLink")
     parser.add_argument("supernode_args", nargs="*",
