@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for d in ("fedcore", "launcher", "bench") for p in (ROOT / d).rglob("*.py"))
 # The one reader of pickles: CIFAR-10's own batch files, read from local disk by an Unpickler that
 # allows numpy arrays and nothing else (tests/test_data.py feeds it a malicious pickle).
-ALLOWED_PICKLE = {ROOT / "fedcore" / "data.py"}
+ALLOWED_PICKLE = {ROOT / "fedcore" / "cifar_files.py"}
 
 
 def test_sources_are_found() -> None:
@@ -36,8 +36,8 @@ def test_no_unsafe_deserialisation(path: Path) -> None:
     assert "allow_pickle=True" not in text, path
 
 
-def test_data_py_unpickles_only_through_the_restricted_unpickler() -> None:
-    text = (ROOT / "fedcore" / "data.py").read_text()
+def test_cifar_files_unpickles_only_through_the_restricted_unpickler() -> None:
+    text = (ROOT / "fedcore" / "cifar_files.py").read_text()
 
     assert "pickle.load(" not in text and "pickle.loads(" not in text
     assert re.search(r"class \w+\(pickle\.Unpickler\)", text)
