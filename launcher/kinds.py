@@ -8,7 +8,7 @@ from typing import Literal, get_args
 # joined to a SuperLink elsewhere (whose run decides model, data and rounds).
 RunMode = Literal["federated", "local", "join"]
 # What a supervised process is: launcher.supervision.roles says when it starts and what its exit means.
-ProcessRole = Literal["superlink", "gateway", "superexec", "supernode", "clienthost", "worker",
+ProcessRole = Literal["superlink", "gateway", "serverapp", "supernode", "clienthost", "worker",
                       "submit", "local"]
 Executor = Literal["warm", "stock"]
 

@@ -68,7 +68,7 @@ def cmdline(proc: psutil.Process) -> list[str]:
 
 
 def role_of(proc: psutil.Process) -> str | None:
-    """`superlink`, `superexec`, `serverapp`, `server` (flwr run), `client-N` (the process the
+    """`superlink`, `serverapp` (the warm ServerApp), `server` (flwr run), `client-N` (the process the
     launcher supervises for client N), `supernode-N` (the Flower SuperNode of client N; the same
     process as client-N when no executor wraps it), `clientapp`, `local`, `plots` (the background
     step that draws accuracy.png and loss.png after the run); None for others."""
@@ -78,9 +78,7 @@ def role_of(proc: psutil.Process) -> str | None:
     partition = _PARTITION.search(text)
     if "flower-superlink" in names:
         return "superlink"
-    if "flower-superexec" in names:
-        return "superexec"
-    if "flwr-serverapp" in names:
+    if "launcher.shim.serverhost" in argv:
         return "serverapp"
     if "flwr-clientapp" in names:
         return "clientapp"

@@ -351,7 +351,7 @@ def test_dry_run_prints_the_processes_and_starts_nothing(tmp_path: Path) -> None
     # Assert
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
-    assert names == ["superlink", "superexec", "client-0", "client-1", "client-2", "server"], result.stdout
+    assert names == ["superlink", "serverapp", "client-0", "client-1", "client-2", "server"], result.stdout
     assert "flower-superlink" in result.stdout and "flwr run" in result.stdout
     assert "partition-id=2 num-partitions=3" in result.stdout
     assert not (tmp_path / "run").exists(), "--dry-run created the run folder"

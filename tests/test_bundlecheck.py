@@ -129,3 +129,25 @@ def test_the_executor_refuses_before_installing_and_names_the_file(
     # Assert
     assert not Path(get_project_dir(Run.fab_id, Run.fab_version, Fab.hash_str)).exists()
     assert executor.apps == {}
+
+
+def test_the_warm_serverapp_refuses_a_foreign_bundle_before_flower_installs_it(
+        app: Path, trusted: dict[str, str]) -> None:
+    """launcher.shim.serverhost wraps the install of Flower's ServerApp runtime: the installed
+    fedcore's bundle goes through, a changed one never reaches the install."""
+    from types import SimpleNamespace
+
+    from launcher.shim.serverhost import guard_bundle
+
+    installed: list[bytes] = []
+    runtime = SimpleNamespace(install_from_fab=lambda fab, skip_prompt: installed.append(fab))
+    guard_bundle(runtime, trusted)
+    ours = build_fab(app)
+    runtime.install_from_fab(ours, skip_prompt=True)
+    path = app / "fedcore" / "train.py"
+    path.write_text(path.read_text() + "\nimport os  # someone else's code\n")
+    foreign = build_fab(app)
+
+    with pytest.raises(BundleRefused, match="fedcore/train.py differs"):
+        runtime.install_from_fab(foreign, skip_prompt=True)
+    assert installed == [ours]

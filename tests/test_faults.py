@@ -228,8 +228,8 @@ def test_a_killed_submitter_fails_the_run_naming_server(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(150)
 def test_a_killed_serverapp_fails_the_run_at_once_by_name(tmp_path: Path) -> None:
-    """flwr-serverapp runs fedcore.server_app under the SuperLink; Flower itself would notice its
-    death only after ~60 s of missed heartbeats, fedlaunch watches it directly."""
+    """The warm ServerApp runs fedcore.server_app; Flower itself would notice its death only
+    after ~60 s of missed heartbeats, fedlaunch sees its process exit."""
     with federated(tmp_path, MANY) as run:
         run.wait_for_event("round", round=1)
         serverapp = run.wait_for_role("serverapp")

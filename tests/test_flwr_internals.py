@@ -72,6 +72,9 @@ def test_the_keyword_arguments_fedlaunch_passes_are_accepted() -> None:
         fi.push_messages: {"state", "object_store", "send", "push_object"},
         fi.pull_and_store_message: {"state", "object_store", "receive", "pull_object",
                                     "confirm_message_received"},
+        fi.run_serverapp: {"runtime_api_address", "log_queue", "token", "insecure",
+                           "certificates", "parent_pid", "runtime_dependency_install"},
+        fi.serverapp_install: {"fab_file", "skip_prompt"},
     }
     for function, names in expected.items():
         missing = names - parameters(function)
@@ -122,3 +125,11 @@ def test_an_expired_token_fails_a_running_task_and_requeues_a_claimed_one() -> N
     assert (done.status, done.sub_status) == (Status.FINISHED, fi.SubStatus.FAILED)
     assert state.get_tasks(task_ids=[claimed])[0].status.status == Status.PENDING
     assert not expire_token(state, "no-such-token")
+
+
+def test_the_serverapp_runtime_installs_the_bundle_through_its_module_name() -> None:
+    """launcher.shim.serverhost checks the bundle by replacing `install_from_fab` in the
+    ServerApp runtime's module; run_serverapp must look it up there, by that name."""
+    source = inspect.getsource(fi.run_serverapp)
+    assert "install_from_fab(fab.content" in source, "run_serverapp no longer installs the FAB so"
+    assert fi.TaskType.SERVER_APP == "flwr-serverapp"  # the task type the warm ServerApp claims

@@ -212,12 +212,12 @@ def test_the_final_line_after_the_tui_is_the_one_headless_prints() -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_nothing_the_launcher_started_is_alive_10_s_after_it_is_killed(tmp_path: Path) -> None:
-    """SIGKILL of fedlaunch mid-round: the SuperLink, SuperExec, ServerApp, SuperNodes, executors
+    """SIGKILL of fedlaunch mid-round: the SuperLink, the ServerApp, SuperNodes, executors
     and `flwr run` all go (the watchdog sweeps the run's token; children also have a
     parent-death signal)."""
     with Run([*ARGS, "--rounds", "30"], tmp_path / "run", cwd=tmp_path) as run:
         run.wait_for_event("round_start", round=1, timeout=240)
-        for role in ("superlink", "superexec", "serverapp", "server", "client-0", "client-1",
+        for role in ("superlink", "serverapp", "server", "client-0", "client-1",
                      "supernode-0", "supernode-1"):
             run.wait_for_role(role)  # each alive now, in the launcher's tree
 

@@ -34,9 +34,8 @@ def holds_torch(proc: psutil.Process) -> bool:
 
 
 def pool_kind(proc: psutil.Process, host_pids: set[int]) -> str:
-    """worker, clienthost, endpoint (forked by the host), serverapp/superexec, or other."""
+    """worker, clienthost, endpoint (forked by the host), server-side (the ServerApp), or other."""
     argv = cmdline(proc)
-    text = " ".join(argv)
     try:
         parent = proc.ppid()
     except psutil.Error:
@@ -45,7 +44,7 @@ def pool_kind(proc: psutil.Process, host_pids: set[int]) -> str:
         return "worker"
     if "launcher.shim.clienthost" in argv:
         return "endpoint" if parent in host_pids else "clienthost"
-    if "flwr-serverapp" in text or "flower-superexec" in text:
+    if "launcher.shim.serverhost" in argv:
         return "server-side"
     return "other"
 

@@ -189,7 +189,7 @@ def test_serve_on_loopback_without_certificates_is_plain_and_quiet(tmp_path: Pat
                       local_partitions=range(2))
 
     assert all("--insecure" in p.argv for p in plan.processes
-               if p.role in ("superlink", "superexec", "supernode"))
+               if p.role in ("superlink", "serverapp", "supernode"))
     assert plan.placement.warnings == ()
     assert plan.root_certificates == ""
 
@@ -199,7 +199,7 @@ def test_serve_plan_with_tls(tmp_path: Path, certs: CertPaths) -> None:
                       insecure=False, local_partitions=range(0, 2))
 
     by_name = {p.name: p for p in plan.processes}
-    assert list(by_name) == ["superlink", "superexec", "gateway", "client-0", "client-1", "server"]
+    assert list(by_name) == ["superlink", "serverapp", "gateway", "client-0", "client-1", "server"]
     secret = str(tmp_path / "flwr" / "superexec.secret")
     link = by_name["superlink"].argv
     loopback = f"127.0.0.1:{link[link.index('--port') + 1]}"
@@ -215,9 +215,10 @@ def test_serve_plan_with_tls(tmp_path: Path, certs: CertPaths) -> None:
         "-m", "launcher.network.gateway", "--listen", "0.0.0.0:9092", "--upstream", loopback,
         "--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key),
         "--upstream-ca", str(certs.ca_cert))
-    superexec = by_name["superexec"].argv
-    assert superexec[1:] == ("--root-certificates", str(certs.ca_cert), "--runtime-api-address",
-                             loopback, "--superexec-auth-secret-file", secret)
+    serverapp = by_name["serverapp"].argv
+    assert serverapp[1:] == ("-m", "launcher.shim.serverhost", "--root-certificates",
+                             str(certs.ca_cert), "--runtime-api-address", loopback,
+                             "--superexec-auth-secret-file", secret)
     client = by_name["client-1"].argv
     assert client[client.index("--superlink") + 1] == loopback
     assert client[client.index("--root-certificates") + 1] == str(certs.ca_cert)

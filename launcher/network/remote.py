@@ -25,7 +25,7 @@ from launcher.planning.plan import (
     client_spec,
     cpu_threads,
     free_port,
-    serverapp_executor_spec,
+    serverapp_spec,
     submit_spec,
     superlink_spec,
 )
@@ -222,7 +222,7 @@ def serve_plan(
     server_gpu = placement.gpus[0] if placement.gpus else None
     loopback = Address(LOCAL, link_port)
     specs = [superlink_spec(run_dir, link_port, server_tls, server_gpu),
-             serverapp_executor_spec(run_dir, link_port, str(ca) if ca else None, server_gpu),
+             serverapp_spec(run_dir, link_port, str(ca) if ca else None, server_gpu),
              gateway_spec(address, loopback, certs)]
     threads = cpu_threads(max(1, pool.workers if pool else len(local_partitions)))
     if pool:

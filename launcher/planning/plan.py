@@ -161,17 +161,16 @@ def superlink_spec(run_dir: Path, port: int, tls: tuple[str, ...], gpu: GpuInfo 
     )
 
 
-def serverapp_executor_spec(run_dir: Path, port: int, ca: str | None,
-                            gpu: GpuInfo | None) -> ProcessSpec:
-    """Flower's SuperExec for the ServerApp, holding the secret (the one a SuperLink in subprocess
-    isolation starts itself would not); it starts each ServerApp process, on the server's GPU."""
+def serverapp_spec(run_dir: Path, port: int, ca: str | None, gpu: GpuInfo | None) -> ProcessSpec:
+    """The warm ServerApp (launcher.shim.serverhost), started with the SuperLink on the server's
+    GPU: it imports torch while the SuperLink starts, then claims the run's ServerApp task with
+    the run's SuperExec secret and runs it with Flower's runtime, in its own process."""
     tls = ("--root-certificates", ca) if ca else ("--insecure",)
     return ProcessSpec(
-        name="superexec", role="superexec",
-        argv=(bin_path("flower-superexec"), *tls, "--runtime-api-address", f"127.0.0.1:{port}",
-              SECRET_FLAG, str(secret_path(run_dir))),
-        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(gpu),
-             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"},
+        name="serverapp", role="serverapp",
+        argv=(sys.executable, "-m", "launcher.shim.serverhost", *tls, "--runtime-api-address",
+              f"127.0.0.1:{port}", SECRET_FLAG, str(secret_path(run_dir))),
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(gpu)},
         gpu=gpu.index if gpu else None,
     )
 
@@ -206,7 +205,7 @@ def federated_plan(
     address = f"{host}:{port}"
     server_gpu = placement.gpus[0] if placement.gpus else None
     specs = [superlink_spec(run_dir, port, ("--insecure",), server_gpu),
-             serverapp_executor_spec(run_dir, port, None, server_gpu)]
+             serverapp_spec(run_dir, port, None, server_gpu)]
     if pool:
         from launcher.planning.pool import pool_specs
 

@@ -29,8 +29,10 @@ if TYPE_CHECKING:  # the types mypy sees; at run time each is looked up on first
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor as RuntimeTokenHttpInterceptor
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor as RuntimeVersionHttpInterceptor
     from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor as SuperExecAuthHttpInterceptor
+    from flwr.supercore.logger import mirror_output_to_queue as mirror_output_to_queue
     from flwr.supercore.retry import make_simple_http_retry_invoker as make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient as RuntimeHttpClient
+    from flwr.superlink.runtime.run_serverapp import run_serverapp as run_serverapp
     from flwr.supernode.cli.flower_supernode import flower_supernode as flower_supernode
     from flwr.supernode.fleet_http_client import FleetHttpClient as FleetHttpClient
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState as InMemoryNodeState
@@ -71,6 +73,9 @@ NAMES: dict[str, tuple[str, str]] = {
     "supernode_time": ("flwr.supernode.start_client_internal", "time"),
     "push_messages": ("flwr.supernode.start_client_internal", "_push_messages"),
     "pull_and_store_message": ("flwr.supernode.start_client_internal", "_pull_and_store_message"),
+    "run_serverapp": ("flwr.superlink.runtime.run_serverapp", "run_serverapp"),
+    "serverapp_install": ("flwr.superlink.runtime.run_serverapp", "install_from_fab"),
+    "mirror_output_to_queue": ("flwr.supercore.logger", "mirror_output_to_queue"),
     "InMemoryNodeState": ("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState"),
     "FleetHttpClient": ("flwr.supernode.fleet_http_client", "FleetHttpClient"),
     "flower_supernode": ("flwr.supernode.cli.flower_supernode", "flower_supernode"),

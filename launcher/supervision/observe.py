@@ -1,27 +1,10 @@
-"""What the supervisor watches besides exits: the ServerApp under the SuperLink, GPUs, OOM texts."""
+"""What the supervisor watches besides exits: GPUs, and the text of an out-of-memory client."""
 
 from __future__ import annotations
-
-import psutil
 
 from launcher.events import ClientProgress, GpuSample, GpuStats
 from launcher.planning.gpus import Nvml
 from launcher.planning.plan import Plan
-
-
-def alive(proc: psutil.Process) -> bool:
-    """Running and not a zombie (Flower's SuperExec does not reap a killed ServerApp at once)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def is_serverapp(proc: psutil.Process) -> bool:
-    try:
-        return any("flwr-serverapp" in part for part in proc.cmdline())
-    except psutil.Error:
-        return False
 
 
 def gpu_stats(plan: Plan, nvml: Nvml | None) -> GpuStats:

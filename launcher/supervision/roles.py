@@ -27,7 +27,9 @@ class Role:
 ROLES: dict[str, Role] = {
     "superlink": Role("fatal"),
     "gateway": Role("fatal"),  # forwards the network to the SuperLink; retries until it answers
-    "superexec": Role("fatal"),  # starts the ServerApp process; retries until the SuperLink answers
+    # the warm ServerApp (shim/serverhost.py): imports torch at once, claims the run's ServerApp
+    # task once `flwr run` has submitted it, and ends with it
+    "serverapp": Role("lifeline"),
     # SuperNodes retry until the SuperLink answers, so they start with it
     "supernode": Role("client", after_keys=True),
     # the worker pool (planning/pool.py): the host of every client's SuperNode, and the workers

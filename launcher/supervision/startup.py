@@ -18,7 +18,7 @@ from launcher.supervision.procs import ManagedProcess
 def child_base_env() -> dict[str, str]:
     """The environment children inherit, with this Python's scripts first on PATH.
 
-    Flower's processes start helpers (flower-superexec, flwr-serverapp) by name. Flower's
+    Flower's processes start helpers (e.g. flwr-clientapp under --executor stock) by name. Flower's
     internal variables (FLWR_INTERNAL_*) of the user's environment are not passed on.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_INTERNAL_")}

@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-
 from fedcore.rundir import RunDir, summarize
 from launcher.events import (
     ClientProgress,
@@ -31,7 +29,7 @@ from launcher.planning.plan import Plan
 from launcher.supervision.departures import Departures
 from launcher.supervision.follow import RunFollower
 from launcher.supervision.hints import TOKEN_REFUSED, explain_failure
-from launcher.supervision.observe import alive, gpu_stats, is_serverapp, oom_text
+from launcher.supervision.observe import gpu_stats, oom_text
 from launcher.supervision.outcome import (
     EXIT_FAILED,
     EXIT_OK,
@@ -96,7 +94,6 @@ class Supervisor:
         self._stop_reason: str | None = None
         self._wake = asyncio.Event()
         self._base_env = {**child_base_env(), **(watchdog.env if watchdog else {})}
-        self._serverapp: psutil.Process | None = None
         self._out_of_memory: str | None = None  # the first client's OOM text: the run fails on it
 
     def request_stop(self, reason: str = "interrupted") -> None:
@@ -258,19 +255,16 @@ class Supervisor:
                     self.bus.publish(Notice("error", text))
 
     def _watch_descendants(self) -> None:
-        """Remember every process's descendants; fail at once if the ServerApp process died."""
+        """Remember every process's descendants (those that leave its group are still stopped)."""
         for proc in self.processes.values():
-            found = proc.remember_descendants()
-            if proc.spec.role in ("superlink", "superexec") and self._serverapp is None:
-                self._serverapp = next((c for c in found if is_serverapp(c)), None)
-        if self._serverapp is not None and not alive(self._serverapp):
-            self._publish_events()
-            if self.follower.ended() is None:
-                server, link = self.processes.get("server"), self.processes.get("superlink")
-                refused = [line for line in (link.tail if link else ()) if TOKEN_REFUSED in line]
-                raise RunFailed("serverapp", "(the ServerApp process under the SuperLink) exited "
-                                "before the run completed",
-                                (*(server.tail if server else ()), *refused[-1:]))
+            proc.remember_descendants()
+
+    def _serverapp_tail(self, proc: ManagedProcess) -> tuple[str, ...]:
+        """The ServerApp's last lines, and the SuperLink's refusal of its task token if any (the
+        ServerApp starved of CPU: see hints.py)."""
+        link = self.processes.get("superlink")
+        refused = [line for line in (link.tail if link else ()) if TOKEN_REFUSED in line]
+        return (*proc.tail, *refused[-1:])
 
     async def _check_processes(self) -> str | None:
         for name, proc in list(self.processes.items()):
@@ -287,6 +281,9 @@ class Supervisor:
                 self._publish_events()
                 if self.follower.ended() is not None:
                     return "completed"
+                if proc.spec.role == "serverapp":
+                    raise RunFailed(name, f"(the ServerApp) exited with code {proc.returncode} "
+                                    "before the run completed", self._serverapp_tail(proc))
                 raise RunFailed(name, f"ended (exit code {proc.returncode}) before the run "
                                 "completed", tuple(proc.tail))
             if on_exit == "fatal":
