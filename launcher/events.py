@@ -60,6 +60,7 @@ class LogLine:
 
     name: str
     text: str
+    echo: bool = True  # printed headless too; False: the TUI's log pane only (pooled clients)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,41 @@ def test_pool_json_becomes_a_pool_event(tmp_path: Path) -> None:
     assert [e for e in follower.poll() if isinstance(e, PoolStats)] == []  # unchanged: no event
 
 
+def test_pooled_clients_logs_reach_the_log_pane_but_not_headless_output(tmp_path: Path) -> None:
+    """The pool's endpoints write logs/client-<id>.log themselves: the follower turns what they
+    append into LogLine events (an earlier launch's lines and a half-written line held back),
+    which the TUI shows under the client's name and headless does not print."""
+    import io
+
+    from launcher.events import LogLine
+    from launcher.supervision.headless import HeadlessPrinter
+
+    log = tmp_path / "logs" / "client-7.log"
+    log.parent.mkdir()
+    log.write_text("from an earlier launch\n")
+    follower = RunFollower(tmp_path, log_files={"client-7": log, "client-8": tmp_path / "none"})
+    with log.open("a") as fh:
+        fh.write("INFO :      Receiving: train message\nINFO :      Sent succ")
+
+    lines = [e for e in follower.poll() if isinstance(e, LogLine)]
+    with log.open("a") as fh:
+        fh.write("essfully\n")
+    lines += [e for e in follower.poll() if isinstance(e, LogLine)]
+
+    assert lines == [LogLine("client-7", "INFO :      Receiving: train message", echo=False),
+                     LogLine("client-7", "INFO :      Sent successfully", echo=False)]
+    state = RunState()
+    for line in lines:
+        state.apply(line)
+    assert state.tail_of("client-7") == ("INFO :      Receiving: train message",
+                                         "INFO :      Sent successfully")
+    out = io.StringIO()
+    printer = HeadlessPrinter(out, colour=False)
+    for line in (*lines, LogLine("worker-0", "a worker's line")):
+        printer(line)
+    assert out.getvalue().split() == ["worker-0", "|", "a", "worker's", "line"]
+
+
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 async def test_100_clients_fit_the_screen(size: tuple[int, int]) -> None:
     script = Script(pool_events())

@@ -12,6 +12,7 @@ from fedcore.rundir import METRICS, PROGRESS, json_records, split_lines
 from launcher.events import (
     ClientProgress,
     Event,
+    LogLine,
     Notice,
     PoolStats,
     RoundFinished,
@@ -25,7 +26,8 @@ POOL = "pool.json"  # the worker pool's state, written by the client host
 class RunFollower:
     """Reads new metrics lines and changed progress files each time `poll()` is called."""
 
-    def __init__(self, run_dir: Path, client_gpus: dict[int, int | None] | None = None) -> None:
+    def __init__(self, run_dir: Path, client_gpus: dict[int, int | None] | None = None,
+                 log_files: dict[str, Path] | None = None) -> None:
         self.metrics_path = run_dir / METRICS
         self.progress_dir = run_dir / PROGRESS
         self.client_gpus = client_gpus or {}
@@ -34,9 +36,10 @@ class RunFollower:
         self._partial = b""
         self._seen: dict[str, tuple[int, int]] = {}
         self.records: list[dict[str, Any]] = []
+        self.logs = LogTails(log_files or {})
 
     def poll(self) -> list[Event]:
-        return self._poll_metrics() + self._poll_progress() + self._poll_pool()
+        return self._poll_metrics() + self._poll_progress() + self._poll_pool() + self.logs.poll()
 
     def _poll_pool(self) -> list[Event]:
         """The worker pool's state, when the client host has rewritten pool.json."""
@@ -111,6 +114,42 @@ class RunFollower:
             if record.get("event") == "end":
                 return record
         return None
+
+
+class LogTails:
+    """Lines appended to log files that children write themselves (the pool's client endpoints
+    write logs/client-<id>.log), as LogLine events for the TUI's log pane; not echoed headless,
+    where a hundred clients' SuperNode lines would bury the one line per round."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+        self.offsets = {name: _size(path) for name, path in files.items()}  # not a resumed run's
+        self.partial: dict[str, bytes] = {}
+
+    def poll(self) -> list[Event]:
+        events: list[Event] = []
+        for name, path in self.files.items():
+            size = _size(path)
+            if size <= self.offsets[name]:
+                continue
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(self.offsets[name])
+                    data = fh.read(size - self.offsets[name])
+            except OSError:
+                continue
+            self.offsets[name] += len(data)
+            lines, self.partial[name] = split_lines(self.partial.get(name, b"") + data)
+            events.extend(LogLine(name, line.decode(errors="replace"), echo=False)
+                          for line in lines)
+        return events
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def metric_event(record: dict[str, Any]) -> Event | None:

@@ -42,7 +42,7 @@ class HeadlessPrinter:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, LogLine):
-            if self.show_logs:
+            if self.show_logs and event.echo:
                 self._write(self._prefix(event.name) + event.text)
         elif isinstance(event, RunStarted):
             self.started = event.started_at

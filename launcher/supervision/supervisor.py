@@ -87,7 +87,9 @@ class Supervisor:
         self.watchdog = watchdog
         self.afterwards = afterwards
         self.rundir = RunDir(plan.run_dir)
-        self.follower = RunFollower(plan.run_dir, plan.client_gpus)
+        pooled = [c for p in plan.processes if p.role == "clienthost" for c in p.clients]
+        self.follower = RunFollower(plan.run_dir, plan.client_gpus, log_files={
+            f"client-{c}": plan.run_dir / "logs" / f"client-{c}.log" for c in pooled})
         self.processes: dict[str, ManagedProcess] = {}
         self.restarts: dict[str, int] = {}
         self.departures = Departures(self.rundir)
