@@ -87,6 +87,7 @@ class Supervisor:
         self.watchdog = watchdog
         self.afterwards = afterwards
         self.rundir = RunDir(plan.run_dir)
+        self._unechoed = {p.name for p in plan.processes if p.role == "serverapp"}
         pooled = [c for p in plan.processes if p.role == "clienthost" for c in p.clients]
         self.follower = RunFollower(plan.run_dir, plan.client_gpus, log_files={
             f"client-{c}": plan.run_dir / "logs" / f"client-{c}.log" for c in pooled})
@@ -216,7 +217,10 @@ class Supervisor:
     # -- follow ---------------------------------------------------------------------------------
 
     def _on_line(self, name: str, text: str) -> None:
-        self.bus.publish(LogLine(name, text))
+        # The ServerApp's lines reach the screen once, through `flwr run --stream` ("server");
+        # its own copy stays in logs/serverapp.log and in the tail a failure prints.
+        if name not in self._unechoed:
+            self.bus.publish(LogLine(name, text))
 
     async def _follow(self) -> str:
         """Publish progress until the run ends or a stop is asked for; return the exit reason."""
