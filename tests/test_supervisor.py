@@ -242,6 +242,40 @@ def test_a_client_host_that_dies_departs_every_clients_node(tmp_path: Path) -> N
     assert sorted(departed) == ["100", "101", "102"]
 
 
+def test_a_serverapp_that_exits_early_fails_the_run_by_name_with_the_links_refusal(
+        tmp_path: Path) -> None:
+    """The warm ServerApp is a lifeline: its exit before the app's 'end' record fails the run as
+    `serverapp`, and a SuperLink line refusing its task token (a starved ServerApp) joins its
+    tail (however many request lines the SuperLink printed after it), so that the failure's hint
+    names the cause."""
+    from launcher.supervision.hints import explain_failure
+
+    port = free_port()
+    refusing = LINK.replace('print("superlink listening", flush=True)',
+                            'print("superlink listening", flush=True); '
+                            'print("ERROR: Runtime task-token authentication failed", flush=True); '
+                            '[print("POST /v1/fleet/pull-messages 200", flush=True) for _ in range(60)]')
+    specs = [ProcessSpec("superlink", "superlink", ("flower-superlink",)),
+             ProcessSpec("serverapp", "serverapp", ("serverhost",)),
+             ProcessSpec("client-0", "supernode", ("flower-supernode",), client=0,
+                         restartable=True),
+             ProcessSpec("server", "submit", ("flwr", "run"))]
+    cfg = RunConfig(dataset="synthetic", model="cnn", clients=1, rounds=2)
+    plan = Plan("federated", cfg, tmp_path, Placement((), (None,)), tuple(specs),
+                f"127.0.0.1:{port}", 3)
+    factory = scripts(tmp_path, port, superlink=(refusing, str(port), "0", "600", "0"),
+                      serverapp=(CLIENT, f"exit:1:{tmp_path / 'once'}"),
+                      client_0=(CLIENT, "serve"), server=(CLIENT, "serve"))
+
+    code, events, _ = supervise(plan, factory)
+
+    finished = events.of(RunFinished)[0]
+    assert code == 1 and finished.failed_process == "serverapp"
+    assert "client failing" in finished.log_tail
+    assert any("task-token authentication failed" in line for line in finished.log_tail)
+    assert "starved of CPU" in (explain_failure(finished.log_tail) or "")
+
+
 def test_clients_that_keep_dying_fail_the_run_once_no_client_is_left(tmp_path: Path) -> None:
     port = free_port()
     factory = scripts(tmp_path, port, superlink=(LINK, str(port), "0", "600", "0"),

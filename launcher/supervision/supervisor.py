@@ -88,6 +88,7 @@ class Supervisor:
         self.afterwards = afterwards
         self.rundir = RunDir(plan.run_dir)
         self._unechoed = {p.name for p in plan.processes if p.role == "serverapp"}
+        self._refused = ""  # the last line refusing a task token (see _serverapp_tail)
         pooled = [c for p in plan.processes if p.role == "clienthost" for c in p.clients]
         self.follower = RunFollower(plan.run_dir, plan.client_gpus, log_files={
             f"client-{c}": plan.run_dir / "logs" / f"client-{c}.log" for c in pooled})
@@ -217,6 +218,8 @@ class Supervisor:
     # -- follow ---------------------------------------------------------------------------------
 
     def _on_line(self, name: str, text: str) -> None:
+        if TOKEN_REFUSED in text:  # kept apart: the SuperLink's request log soon buries it
+            self._refused = text
         # The ServerApp's lines reach the screen once, through `flwr run --stream` ("server");
         # its own copy stays in logs/serverapp.log and in the tail a failure prints.
         if name not in self._unechoed:
@@ -268,9 +271,7 @@ class Supervisor:
     def _serverapp_tail(self, proc: ManagedProcess) -> tuple[str, ...]:
         """The ServerApp's last lines, and the SuperLink's refusal of its task token if any (the
         ServerApp starved of CPU: see hints.py)."""
-        link = self.processes.get("superlink")
-        refused = [line for line in (link.tail if link else ()) if TOKEN_REFUSED in line]
-        return (*proc.tail, *refused[-1:])
+        return (*proc.tail, *((self._refused,) if self._refused else ()))
 
     async def _check_processes(self) -> str | None:
         for name, proc in list(self.processes.items()):
