@@ -36,3 +36,13 @@ def test_no_metrics_file_yet_rings_nobody(tmp_path: Path) -> None:
     assert bell.due() == []
     append(tmp_path / "metrics.jsonl", json.dumps({"event": "sent", "nodes": [1]}) + "\n")
     assert bell.due() == []  # no node files: nobody to ring
+
+
+def test_a_host_without_the_doorbell_rings_nobody(tmp_path: Path) -> None:
+    """A join's client host: the ServerApp writes another machine's run folder."""
+    metrics, progress = tmp_path / "metrics.jsonl", tmp_path / "progress"
+    progress.mkdir()
+    (progress / "client-0.node").write_text("11\n")
+    bell = Doorbell(metrics, progress, enabled=False)
+    append(metrics, json.dumps({"event": "sent", "round": 1, "nodes": [11]}) + "\n")
+    assert bell.due() == []

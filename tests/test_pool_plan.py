@@ -48,6 +48,7 @@ def test_bad_workers_are_one_line_errors(requested: int, message: str) -> None:
 
 def test_idle_polls_slow_down_with_many_clients() -> None:
     assert idle_wait(4) == 0.2 and idle_wait(50) == 2.0 and idle_wait(1000) == 3.0
+    assert idle_wait(4, rung=True) == idle_wait(1000, rung=True) == 10.0
 
 
 def test_a_long_run_folder_gets_its_socket_in_tmp(tmp_path: Path) -> None:

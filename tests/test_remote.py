@@ -323,10 +323,14 @@ def test_join_and_serve_plans_put_more_clients_than_workers_on_a_pool(
     assert ["--root-certificates", str(certs.ca_cert)] == argv[argv.index("--root-certificates"):][:2]
     assert argv[argv.index("--auth-supernode-private-key") + 1] == str(keys / "node-{partition}.key")
     assert join.pool_clients == 6 and "6 clients" in join.describe()
+    # a join is not rung (the ServerApp writes the server's run folder): it polls as Flower does
+    assert "--doorbell" not in argv and argv[argv.index("--idle-wait") + 1] == "0.24"
     roles = [p.role for p in serve.processes]
     assert roles.count("worker") == 3 and "clienthost" in roles and "supernode" not in roles
     served = next(p for p in serve.processes if p.role == "clienthost")
     assert served.clients == (0, 1, 2, 3, 4) and "--num-partitions" in served.argv
+    assert "--doorbell" in served.argv
+    assert served.argv[served.argv.index("--idle-wait") + 1] == "10.0"
     assert "partition-id 0-4" in serve.describe()
 
 

@@ -189,3 +189,14 @@ def test_the_doorbell_ends_an_idle_wait_at_once(monkeypatch: pytest.MonkeyPatch)
     prompt.sleep(3)  # the idle poll: IDLE_WAIT unless rung
     assert time.monotonic() - started < 5.0
     assert not prompt.doorbell.is_set()
+
+
+def test_a_rung_node_polls_on_its_own_only_at_its_idle_wait(slept: list[float]) -> None:
+    """With the doorbell, no quick polls after a task: the ring says when the next message is in."""
+    clock = Clock()
+    prompt = PromptTime(clock, rung=True)
+    prompt.doorbell = Bell(slept)  # type: ignore[assignment]
+    prompt.sleep(0.5)  # waited for the ClientApp's reply
+    clock.now += 0.01
+    prompt.sleep(3)
+    assert slept == [SHORT_WAIT, IDLE_WAIT]

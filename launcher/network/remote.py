@@ -305,7 +305,7 @@ def join_plan(
             run_dir, partition_ids, num_partitions, str(address), placement, FLWR_ENV, threads,
             max_restarts, (*tls, SECRET_FLAG, str(secret_path(run_dir)), *extra,
                            *signs_in(keys, "{partition}")),
-            node_config_extra=f"progress-dir={progress}"))
+            node_config_extra=f"progress-dir={progress}", rung=False))
     else:
         specs = tuple(
             client_spec(run_dir, partition_id,

@@ -77,30 +77,42 @@ def pool_socket(run_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"fedlaunch-{os.getuid()}-{digest}.sock"
 
 
-def idle_wait(clients: int) -> float:
-    """Seconds between an idle SuperNode's polls of the SuperLink: 0.2 s, longer with many clients
-    (about 25 polls a second in all: each costs the SuperLink and the node a few ms of CPU), at
-    most Flower's own 3 s. A node polls every 20 ms right after a task (supernode.PromptTime)."""
+RUNG_IDLE_WAIT = 10.0  # rung by the doorbell, a node polls on its own only this often
+
+
+def idle_wait(clients: int, rung: bool = False) -> float:
+    """Seconds between an idle SuperNode's polls of the SuperLink.
+
+    Rung (the client host rings a round's nodes once its messages are in the SuperLink, on the
+    machine whose run folder the ServerApp writes to): RUNG_IDLE_WAIT. Polls cost the SuperLink,
+    and with 100 clients a SuperLink on 2 cores answered replies half as fast amid them. Not rung
+    (a join): 0.2 s, longer with many clients (about 25 polls a second in all), at most Flower's
+    own 3 s; such a node also polls every 20 ms right after a task (supernode.PromptTime)."""
+    if rung:
+        return RUNG_IDLE_WAIT
     return round(min(3.0, max(0.2, clients / 25)), 2)
 
 
 def pool_specs(run_dir: Path, partitions: range, num_partitions: int, superlink: str,
                placement: Placement, flwr_env: dict[str, str], threads: dict[str, str],
                max_restarts: int, supernode_args: tuple[str, ...] = ("--insecure",),
-               node_config_extra: str = "") -> list[ProcessSpec]:
+               node_config_extra: str = "", rung: bool = True) -> list[ProcessSpec]:
     """The client host (the SuperNodes of `partitions` out of `num_partitions`, with
     `supernode_args`: TLS, the run's SuperExec secret its claimers sign AcquireTask with, and a
     node key per client where `{partition}` stands for its id) and one process per worker,
-    pinned. `node_config_extra` goes into every client's node config (a join's progress-dir)."""
+    pinned. `node_config_extra` goes into every client's node config (a join's progress-dir).
+    `rung`: the ServerApp writes this run folder, so the host's doorbell can ring (not a join)."""
     sock = str(pool_socket(run_dir))
-    extra = ("--node-config-extra", node_config_extra) if node_config_extra else ()
+    extra = (("--node-config-extra", node_config_extra) if node_config_extra else ()) + (
+        ("--doorbell",) if rung else ())
     host = ProcessSpec(
         name="clients", role="clienthost",
         argv=(sys.executable, "-m", "launcher.shim.clienthost", "--superlink", superlink,
               "--run-dir", str(run_dir), "--socket", sock,
               "--partition-ids", f"{partitions.start}-{partitions.stop - 1}",
               "--num-partitions", str(num_partitions), "--max-restarts", str(max_restarts),
-              "--idle-wait", str(idle_wait(len(partitions))), *extra, "--", *supernode_args),
+              "--idle-wait", str(idle_wait(len(partitions), rung)), *extra, "--",
+              *supernode_args),
         env={**flwr_env, "FLWR_HOME": str(run_dir / "flwr" / "clients"),
              "CUDA_VISIBLE_DEVICES": ""},
         clients=tuple(partitions), restartable=True,

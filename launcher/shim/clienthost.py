@@ -76,7 +76,8 @@ class Host:
         self.log_dir = self.run_dir / "logs"
         self.progress_dir = self.run_dir / "progress"
         self.departures = Departures(RunDir(self.run_dir))
-        self.doorbell = Doorbell(RunDir(self.run_dir).metrics_path, self.progress_dir)
+        self.doorbell = Doorbell(RunDir(self.run_dir).metrics_path, self.progress_dir,
+                                 enabled=args.doorbell)
 
     # -- endpoints ------------------------------------------------------------------------------
 
@@ -360,6 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-restarts", type=int, default=3)
     parser.add_argument("--sign-in-burst", type=int, default=8,
                         help="at most this many clients signing in to the SuperLink at a time")
+    parser.add_argument("--doorbell", action="store_true",
+                        help="ring each round's nodes (the ServerApp writes --run-dir's metrics)")
     parser.add_argument("--node-config-extra", default="",
                         help="more node config for every client (a join's progress-dir)")
     parser.add_argument("--idle-wait", type=float, default=0.2,
@@ -371,7 +374,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    preload(args.idle_wait)
+    preload(args.idle_wait, rung=args.doorbell)
     run_dir = Path(args.run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "progress").mkdir(parents=True, exist_ok=True)

@@ -47,14 +47,15 @@ class Doorbell:
     """Which endpoints to ring: those whose nodes a round's messages just went to.
 
     The ServerApp writes a `sent` record (the round's node ids) to metrics.jsonl once its messages
-    are in the SuperLink. An idle SuperNode looks for messages only every --idle-wait seconds (3 s
-    with 100 clients, to spare the SuperLink), so without a ring a round would start up to that
-    late. SuperNodes joined from other machines are not rung and poll as usual.
+    are in the SuperLink. A rung SuperNode looks for messages on its own only every --idle-wait
+    seconds (planning/pool.py: 10 s, to spare the SuperLink), so it is the ring that starts its
+    round. SuperNodes joined from other machines are not rung and poll as Flower's do.
     """
 
-    def __init__(self, metrics: Path, progress: Path) -> None:
+    def __init__(self, metrics: Path, progress: Path, enabled: bool = True) -> None:
         self.metrics = metrics
         self.progress = progress
+        self.enabled = enabled
         try:  # a resumed run's earlier records are not this launch's rounds
             self.offset = metrics.stat().st_size
         except OSError:
@@ -63,6 +64,8 @@ class Doorbell:
 
     def due(self) -> list[int]:
         """The clients to ring now (reads what was appended since the last call)."""
+        if not self.enabled:
+            return []
         try:
             size = self.metrics.stat().st_size
             if size <= self.offset:
@@ -167,7 +170,7 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def preload(idle_wait: float) -> None:
+def preload(idle_wait: float, rung: bool = False) -> None:
     """Import and patch the SuperNode once, here, so that every forked client shares it."""
     import flwr.supernode.cli.flower_supernode  # noqa: F401
     import flwr.supernode.main  # noqa: F401  - the runtime API app, imported when it starts
@@ -182,5 +185,6 @@ def preload(idle_wait: float) -> None:
     for name in fi.NAMES:
         getattr(fi, name)
     supernode.IDLE_WAIT = idle_wait
-    loop.time = supernode.PromptTime(nudge=supernode.nudge_on_replies())  # type: ignore[attr-defined]
+    loop.time = supernode.PromptTime(  # type: ignore[attr-defined]
+        nudge=supernode.nudge_on_replies(), rung=rung)
     fast_object_pulls("flwr.supernode.start_client_internal")

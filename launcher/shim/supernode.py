@@ -33,10 +33,11 @@ class PromptTime(ModuleType):
     """
 
     def __init__(self, clock: Any = time.monotonic,
-                 nudge: threading.Event | None = None) -> None:
+                 nudge: threading.Event | None = None, rung: bool = False) -> None:
         super().__init__("time")
         self.clock = clock
         self.nudge = nudge
+        self.rung = rung  # the doorbell says when a message waits: no quick polls after a task
         self.doorbell = threading.Event()  # rung: the idle wait ends now (a message is waiting)
         self.busy_at = -1e9  # when the node last waited for a ClientApp
 
@@ -44,6 +45,8 @@ class PromptTime(ModuleType):
         return getattr(time, name)
 
     def idle_wait(self) -> float:
+        if self.rung:
+            return IDLE_WAIT
         return min(IDLE_WAIT, max(FIRST_IDLE_WAIT, (self.clock() - self.busy_at) / 4))
 
     def sleep(self, seconds: float) -> None:
