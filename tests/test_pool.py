@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,17 @@ def test_a_worker_killed_mid_task_and_a_client_killed_are_restarted(tmp_path: Pa
     # Prepare: 8 clients, 2 workers, half sampled; training long enough to be caught at it
     out = tmp_path / "run"
     args = ["--clients", "8", "--workers", "2", "--fraction-train", "0.5", "--rounds", "4",
-            "--limit-train", "8000", "--local-epochs", "2", *POOL]
+            "--limit-train", "8000", "--local-epochs", "6", *POOL]
 
     with Run(args, out, cwd=tmp_path) as run:
         run.wait_for_event("round", 1, timeout=600)
 
         # Execute: SIGKILL a worker while it trains a client
         def training() -> dict[str, Any] | None:
-            return next((w for w in pool_status(out).get("workers", [])
+            status = pool_status(out)  # rewritten at most every 0.5 s: take only a fresh one
+            if time.time() - float(status.get("time", 0)) > 0.3:
+                return None
+            return next((w for w in status.get("workers", [])
                          if w.get("state") == "training" and w.get("pid")), None)
 
         victim = wait_until(training, 300, "a worker training", interval=0.05, abort=run.exited)
