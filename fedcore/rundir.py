@@ -57,6 +57,36 @@ def split_lines(data: bytes) -> tuple[list[bytes], bytes]:
     return lines, rest
 
 
+class FileTail:
+    """The complete lines appended to a file since the last `lines()` call; a line still being
+    written waits for its end. `from_end`: skip what the file holds now (an earlier launch's)."""
+
+    def __init__(self, path: Path, from_end: bool = False) -> None:
+        self.path = path
+        self.offset = self._size() if from_end else 0
+        self.partial = b""
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def lines(self) -> list[bytes]:
+        size = self._size()
+        if size <= self.offset:
+            return []
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(size - self.offset)
+        except OSError:
+            return []
+        self.offset += len(data)
+        lines, self.partial = split_lines(self.partial + data)
+        return lines
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Each complete JSON line of `path`; a torn last line (a crash mid-write) is skipped."""
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcore.rundir import FileTail, json_records
 from launcher.shim.endpoint import Wire
 
 
@@ -53,38 +54,21 @@ class Doorbell:
     """
 
     def __init__(self, metrics: Path, progress: Path, enabled: bool = True) -> None:
-        self.metrics = metrics
+        self.metrics = FileTail(metrics, from_end=True)  # a resumed run's records are not ours
         self.progress = progress
         self.enabled = enabled
-        try:  # a resumed run's earlier records are not this launch's rounds
-            self.offset = metrics.stat().st_size
-        except OSError:
-            self.offset = 0
-        self.partial = b""
 
     def due(self) -> list[int]:
         """The clients to ring now (reads what was appended since the last call)."""
         if not self.enabled:
             return []
-        try:
-            size = self.metrics.stat().st_size
-            if size <= self.offset:
-                return []
-            with self.metrics.open("rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read(size - self.offset)
-        except OSError:
-            return []
-        self.offset += len(chunk)
-        *lines, self.partial = (self.partial + chunk).split(b"\n")
         nodes: set[int] = set()
-        for line in lines:
-            try:
-                record = json.loads(line)
-                if record.get("event") == "sent":
+        for record in json_records(self.metrics.lines()):
+            if record.get("event") == "sent":
+                try:
                     nodes.update(int(n) for n in record.get("nodes", ()))
-            except (ValueError, TypeError, AttributeError):
-                continue
+                except (TypeError, ValueError):
+                    continue
         return self.clients_of(nodes) if nodes else []
 
     def clients_of(self, nodes: set[int]) -> list[int]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedcore.rundir import METRICS, PROGRESS, json_records, split_lines
+from fedcore.rundir import METRICS, PROGRESS, FileTail, json_records
 from launcher.events import (
     ClientProgress,
     Event,
@@ -32,8 +32,7 @@ class RunFollower:
         self.progress_dir = run_dir / PROGRESS
         self.client_gpus = client_gpus or {}
         self.since = time.time()
-        self._offset = 0
-        self._partial = b""
+        self._metrics = FileTail(self.metrics_path)
         self._seen: dict[str, tuple[int, int]] = {}
         self.records: list[dict[str, Any]] = []
         self.logs = LogTails(log_files or {})
@@ -55,16 +54,8 @@ class RunFollower:
             return []
 
     def _poll_metrics(self) -> list[Event]:
-        try:
-            with self.metrics_path.open("rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        lines, self._partial = split_lines(self._partial + data)
         events: list[Event] = []
-        for record in json_records(lines):
+        for record in json_records(self._metrics.lines()):
             self.records.append(record)
             event = metric_event(record)
             if event is not None:
@@ -122,34 +113,11 @@ class LogTails:
     where a hundred clients' SuperNode lines would bury the one line per round."""
 
     def __init__(self, files: dict[str, Path]) -> None:
-        self.files = files
-        self.offsets = {name: _size(path) for name, path in files.items()}  # not a resumed run's
-        self.partial: dict[str, bytes] = {}
+        self.tails = {name: FileTail(path, from_end=True) for name, path in files.items()}
 
     def poll(self) -> list[Event]:
-        events: list[Event] = []
-        for name, path in self.files.items():
-            size = _size(path)
-            if size <= self.offsets[name]:
-                continue
-            try:
-                with path.open("rb") as fh:
-                    fh.seek(self.offsets[name])
-                    data = fh.read(size - self.offsets[name])
-            except OSError:
-                continue
-            self.offsets[name] += len(data)
-            lines, self.partial[name] = split_lines(self.partial.get(name, b"") + data)
-            events.extend(LogLine(name, line.decode(errors="replace"), echo=False)
-                          for line in lines)
-        return events
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+        return [LogLine(name, line.decode(errors="replace"), echo=False)
+                for name, tail in self.tails.items() for line in tail.lines()]
 
 
 def metric_event(record: dict[str, Any]) -> Event | None:

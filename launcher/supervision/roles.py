@@ -22,14 +22,16 @@ class Role:
     on_exit: OnExit
     after_link: bool = False  # starts once the SuperLink answers (at once otherwise)
     after_keys: bool = False  # with SuperNode authentication: once the node keys are registered
+    echo: bool = True  # its output lines go on the screen (always to logs/<name>.log)
 
 
 ROLES: dict[str, Role] = {
     "superlink": Role("fatal"),
     "gateway": Role("fatal"),  # forwards the network to the SuperLink; retries until it answers
     # the warm ServerApp (shim/serverhost.py): imports torch at once, claims the run's ServerApp
-    # task once `flwr run` has submitted it, and ends with it
-    "serverapp": Role("lifeline"),
+    # task once `flwr run` has submitted it, and ends with it; its lines reach the screen once,
+    # through `flwr run --stream`
+    "serverapp": Role("lifeline", echo=False),
     # SuperNodes retry until the SuperLink answers, so they start with it
     "supernode": Role("client", after_keys=True),
     # the worker pool (planning/pool.py): the host of every client's SuperNode, and the workers

@@ -87,7 +87,7 @@ class Supervisor:
         self.watchdog = watchdog
         self.afterwards = afterwards
         self.rundir = RunDir(plan.run_dir)
-        self._unechoed = {p.name for p in plan.processes if p.role == "serverapp"}
+        self._unechoed = {p.name for p in plan.processes if not role(p.role).echo}
         self._refused = ""  # the last line refusing a task token (see _serverapp_tail)
         pooled = [c for p in plan.processes if p.role == "clienthost" for c in p.clients]
         self.follower = RunFollower(plan.run_dir, plan.client_gpus, log_files={
@@ -220,9 +220,7 @@ class Supervisor:
     def _on_line(self, name: str, text: str) -> None:
         if TOKEN_REFUSED in text:  # kept apart: the SuperLink's request log soon buries it
             self._refused = text
-        # The ServerApp's lines reach the screen once, through `flwr run --stream` ("server");
-        # its own copy stays in logs/serverapp.log and in the tail a failure prints.
-        if name not in self._unechoed:
+        if name not in self._unechoed:  # roles.py: its copy stays in its log and failure tail
             self.bus.publish(LogLine(name, text))
 
     async def _follow(self) -> str:
