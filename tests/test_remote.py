@@ -323,6 +323,7 @@ def test_join_and_serve_plans_put_more_clients_than_workers_on_a_pool(
     assert ["--root-certificates", str(certs.ca_cert)] == argv[argv.index("--root-certificates"):][:2]
     assert argv[argv.index("--auth-supernode-private-key") + 1] == str(keys / "node-{partition}.key")
     assert join.pool_clients == 6 and "6 clients" in join.describe()
+    assert list(join.client_gpus) == [2, 3, 4, 5, 6, 7]  # the joined ids, not 0-5
     # a join is not rung (the ServerApp writes the server's run folder): it polls as Flower does
     assert "--doorbell" not in argv and argv[argv.index("--idle-wait") + 1] == "0.24"
     roles = [p.role for p in serve.processes]

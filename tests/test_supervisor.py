@@ -222,6 +222,10 @@ def test_a_client_host_that_dies_departs_every_clients_node(tmp_path: Path) -> N
     progress.mkdir()
     for client in range(3):
         (progress / f"client-{client}.node").write_text(f"{100 + client}\n")
+    # the pool as its host reports it once warm (`flwr run` starts only then: poolwait.py)
+    (tmp_path / "pool.json").write_text(json.dumps({
+        "clients": {str(c): {} for c in range(3)},
+        "workers": [{"name": "worker-0", "state": "idle"}]}))
     specs = [ProcessSpec("superlink", "superlink", ("flower-superlink",)),
              ProcessSpec("clients", "clienthost", ("clienthost",), clients=(0, 1, 2),
                          restartable=True),

@@ -241,7 +241,6 @@ def serve_plan(
     return Plan("federated", cfg, run_dir, placement, tuple(specs), str(loopback), max_restarts,
                 root_certificates=str(ca) if ca else "",
                 node_keys=tuple(str(k) for k in registered),
-                pool_clients=len(local_partitions) if pool else 0,
                 workers_why=pool.why if pool else "")
 
 
@@ -318,7 +317,6 @@ def join_plan(
     placement = dataclasses.replace(placement, warnings=tuple(warnings))
     return Plan("join", cfg, run_dir, placement, specs, str(address), max_restarts,
                 root_certificates=str(root_ca) if root_ca else "",
-                pool_clients=len(partition_ids) if pool else 0,
                 workers_why=pool.why if pool else "")
 
 

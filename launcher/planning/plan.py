@@ -37,14 +37,22 @@ class Plan:
     resumed: bool = False
     root_certificates: str = ""  # the CA `flwr run` and local clients trust; "" = no TLS
     node_keys: tuple[str, ...] = ()  # public keys to register before any SuperNode starts
-    pool_clients: int = 0  # with a worker pool: the clients the client host runs (else 0)
     workers_why: str = ""  # with a worker pool: why K workers (for --dry-run)
+
+    @property
+    def pooled(self) -> tuple[int, ...]:
+        """The partition ids of the clients on a worker pool's client host (none without one)."""
+        return tuple(c for spec in self.processes if spec.role == "clienthost" for c in spec.clients)
+
+    @property
+    def pool_clients(self) -> int:
+        return len(self.pooled)
 
     @property
     def client_gpus(self) -> dict[int, int | None]:
         """The physical GPU (None: the CPU) of each client started here, by partition id."""
-        if self.pool_clients:  # clients hold no GPU; the workers that train them do
-            return dict.fromkeys(range(self.pool_clients))
+        if self.pooled:  # clients hold no GPU; the workers that train them do
+            return dict.fromkeys(self.pooled)
         return {spec.client: spec.gpu for spec in self.processes
                 if spec.role in ("supernode", "local") and spec.client is not None}
 
@@ -70,8 +78,8 @@ class Plan:
             lines.append(f"superlink: {self.superlink_address}{tls}")
         if self.pool_clients:
             workers = [p for p in self.processes if p.role == "worker"]
-            ids = next(p.clients for p in self.processes if p.role == "clienthost")
-            lines.append(f"clients: {self.pool_clients} Flower SuperNodes (partition-id "
+            ids = self.pooled
+            lines.append(f"clients: {len(ids)} Flower SuperNodes (partition-id "
                          f"{ids[0]}-{ids[-1]}) forked by one client host, no GPU")
             lines.append(f"workers: {len(workers)} ({self.workers_why}), each trains any "
                          "client's waiting task")
@@ -219,7 +227,7 @@ def federated_plan(
                                      placement, threads, executor))
     specs.append(submit_spec(run_dir))
     return Plan("federated", cfg, run_dir, placement, tuple(specs), address, max_restarts,
-                pool_clients=cfg.clients if pool else 0, workers_why=workers_why if pool else "")
+                workers_why=workers_why if pool else "")
 
 
 def local_plan(cfg: RunConfig, run_dir: Path, placement: Placement) -> Plan:
