@@ -248,8 +248,20 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch, pids: tuple[int, ...], held: dict
 
 
 def pinned_child(uuid: str) -> subprocess.Popen[bytes]:
+    """A child with a pinned environment, once /proc shows it (on a loaded machine, reading it at
+    once can still find the parent's: the CI run once did)."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": uuid, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    return subprocess.Popen(["sleep", "30"], env=env)
+    child = subprocess.Popen(["sleep", "30"], env=env)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if b"CUDA_VISIBLE_DEVICES=" + uuid.encode() in Path(
+                    f"/proc/{child.pid}/environ").read_bytes():
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return child
 
 
 def test_pinned_clients_listed_by_nvml_with_their_own_memory_pass(
