@@ -200,3 +200,83 @@ def test_a_rung_node_polls_on_its_own_only_at_its_idle_wait(slept: list[float]) 
     clock.now += 0.01
     prompt.sleep(3)
     assert slept == [SHORT_WAIT, IDLE_WAIT]
+
+
+def test_sync_dependencies_run_on_the_event_loop_thread_once_inlined(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import fastapi.dependencies.utils as resolve
+    from fastapi import Depends, FastAPI
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setattr(resolve, "run_in_threadpool", resolve.run_in_threadpool)  # undone after
+    seen: dict[str, list[int]] = {"dependency": [], "loop": []}
+
+    def dependency() -> int:
+        seen["dependency"].append(threading.get_ident())
+        return 7
+
+    app = FastAPI()
+
+    @app.get("/x")
+    async def endpoint(value: int = Depends(dependency)) -> dict[str, int]:
+        seen["loop"].append(threading.get_ident())
+        return {"value": value}
+
+    with TestClient(app) as client:
+        assert client.get("/x").json() == {"value": 7}
+        supernode.inline_sync_dependencies()
+        assert client.get("/x").json() == {"value": 7}
+
+    assert seen["dependency"][0] != seen["loop"][0]  # FastAPI's own way: a worker thread
+    assert seen["dependency"][1] == seen["loop"][1]  # inlined: the event loop's thread
+
+
+def test_the_supernode_runtime_api_answers_with_inlined_dependencies(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's own runtime API app and client, over HTTP on loopback, with the patch in place."""
+    import threading
+
+    import fastapi.dependencies.utils as resolve
+    import httpx
+    import uvicorn
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.main import create_app
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    from launcher.shim import flwr_internals as fi
+
+    monkeypatch.setattr(resolve, "run_in_threadpool", resolve.run_in_threadpool)  # undone after
+    supernode.inline_sync_dependencies()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(NodeStateFactory(objectstore_factory=ObjectStoreFactory()))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    def client(component: str, token: str | None = None) -> object:
+        interceptors = [fi.RuntimeVersionHttpInterceptor(component_name=component)]
+        if token is not None:
+            interceptors.append(fi.RuntimeTokenHttpInterceptor(token))
+        return fi.RuntimeHttpClient.from_server_address(
+            server_address=f"127.0.0.1:{port}", insecure=True, root_certificates=None,
+            interceptors=interceptors)
+
+    try:
+        answer = client("SuperExec").AcquireTask(  # type: ignore[attr-defined]
+            fi.AcquireTaskRequest(supported_task_types=[fi.TaskType.CLIENT_APP]))
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            client("flwr-clientapp", "not-a-token").SendTaskHeartbeat(  # type: ignore[attr-defined]
+                fi.SendTaskHeartbeatRequest())
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+    assert not answer.HasField("task")  # nothing pending, answered through every dependency
+    assert refused.value.response.status_code == 401  # the task-token dependency still refuses

@@ -172,3 +172,4 @@ def preload(idle_wait: float, rung: bool = False) -> None:
     loop.time = supernode.PromptTime(  # type: ignore[attr-defined]
         nudge=supernode.nudge_on_replies(), rung=rung)
     fast_object_pulls("flwr.supernode.start_client_internal")
+    supernode.inline_sync_dependencies()

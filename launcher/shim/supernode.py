@@ -86,6 +86,24 @@ def nudge_on_replies() -> threading.Event:
     return nudge
 
 
+def inline_sync_dependencies() -> None:
+    """Run FastAPI's plain-function dependencies on the event loop thread, not in its thread pool.
+
+    The SuperNode's runtime API resolves about twenty small dependencies per request (the state,
+    the handlers, the version check, the task token...), and FastAPI hands each plain `def` one to
+    a worker thread and back: two thirds of a millisecond per request, a third of the SuperNode's
+    CPU per request (bench/runtime_api.py). Flower's are lookups in its in-memory node state
+    under a lock held for microseconds, so they run inline. Endpoints still run in the pool.
+    Only the SuperNode processes fedlaunch starts are patched, never the SuperLink.
+    """
+    import fastapi.dependencies.utils as resolve  # noqa: PLC0415
+
+    async def inline(func: Any, *args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    resolve.run_in_threadpool = inline  # type: ignore[assignment]
+
+
 NODE_ID_FILE = "FEDLAUNCH_NODE_ID_FILE"
 
 
@@ -153,6 +171,7 @@ def main() -> None:
     assert flwr_internals.supernode_time is not None  # the loop's `time`, which PromptTime replaces
     module.time = PromptTime(nudge=nudge_on_replies())  # type: ignore[union-attr]
     fast_object_pulls("flwr.supernode.start_client_internal")
+    inline_sync_dependencies()
     path = os.environ.get(NODE_ID_FILE)
     if "--auth-supernode-private-key" in sys.argv:
         patient_sign_in(restarted=path is not None and os.path.exists(path))
