@@ -99,6 +99,10 @@ def test_24_clients_on_2_workers_a_quarter_sampled(tmp_path: Path) -> None:
         assert all(t["status"] == "completed" and t["worker"] in ("worker-0", "worker-1")
                    for t in mine), mine
         assert all(t["created"] <= t["app_start"] <= t["app_end"] <= t["sent"] for t in mine), mine
+        # a worker pulls the round's model once; its later tasks of the round pull only the head
+        firsts = len({t["worker"] for t in mine})
+        kept = sorted(t["kept_objects"] for t in mine)
+        assert kept[:firsts] == [0] * firsts and all(k >= 4 for k in kept[firsts:]), mine
     assert {t["worker"] for t in tasks} == {"worker-0", "worker-1"}, tasks
     assert read_summary(out)["exit_reason"] == "interrupted"
     headless_round_lines = [line for line in run.stdout.splitlines() if line.startswith("round ")]

@@ -562,6 +562,9 @@ def test_a_join_of_four_clients_on_one_worker_signs_each_in_with_its_key(tmp_pat
     trained = [t for t in tasks if t.get("type") == "train" and t.get("status") == "completed"]
     assert sorted(t["client"] for t in trained) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert {t["worker"] for t in trained} == {"worker-0"}
+    for round_ in (1, 2):  # the worker pulls a round's model once, then only each task's head
+        kept = sorted(t["kept_objects"] for t in trained if t["round"] == round_)
+        assert kept[0] == 0 and all(k >= 4 for k in kept[1:]), trained
     register = (tmp_path / "serve" / "logs" / "register.log").read_text()
     assert register.count("registered successfully") == 4
 

@@ -241,7 +241,8 @@ class Host:
             worker.state = "training" if message.get("type") == "train" else "evaluating"
         elif op == "done" and worker.task is not None:
             task, worker.task = worker.task, None
-            task.update({k: message.get(k) for k in ("app_end", "status", "images", "seconds")})
+            task.update({k: message.get(k) for k in ("app_end", "status", "images", "seconds",
+                                                         "kept_objects")})
             worker.tasks += 1
             if message.get("images") and message.get("seconds"):
                 worker.images_per_s = float(message["images"]) / max(1e-6, float(message["seconds"]))

@@ -64,6 +64,50 @@ class PoolRunner(Executor):
         return timed
 
 
+class ObjectCache:
+    """The objects of the last message this worker pulled, by id, so the next task skips them.
+
+    Flower's objects are content-addressed (an object's id is the SHA-256 of its bytes), and a
+    round's messages to different clients share all but their head: the same model, config and
+    records. So a worker's second task of a round pulls one object from its SuperNode instead of
+    the whole tree, the model's arrays included. Only the last message's objects are kept (one
+    model's worth of bytes).
+    """
+
+    def __init__(self) -> None:
+        self.contents: dict[str, bytes] = {}
+        self.hits = 0  # objects the current task took from here instead of pulling
+
+    def around(self, pull_and_inflate: Callable[..., Any]) -> Callable[..., Any]:
+        """Flower's `pull_and_inflate_object_from_tree`, pulling only what is not kept here."""
+
+        def pull_and_inflate_kept(object_tree: Any, pull_object_fn: Callable[[str], bytes],
+                                  *args: Any, **kwargs: Any) -> Any:
+            kept, seen = self.contents, {}
+
+            def pull(object_id: str) -> bytes:  # called from Flower's pulling threads
+                content = kept.get(object_id)
+                seen[object_id] = pull_object_fn(object_id) if content is None else content
+                return seen[object_id]
+
+            try:
+                return pull_and_inflate(object_tree, pull, *args, **kwargs)
+            finally:
+                self.contents = seen
+                self.hits = sum(1 for object_id in seen if object_id in kept)
+
+        return pull_and_inflate_kept
+
+
+def keep_pulled_objects() -> ObjectCache:
+    """Give this worker's task input pulls an ObjectCache."""
+    module = sys.modules["flwr.supernode.runtime.run_clientapp"]
+    cache = ObjectCache()
+    module.pull_and_inflate_object_from_tree = cache.around(  # type: ignore[attr-defined]
+        module.pull_and_inflate_object_from_tree)
+    return cache
+
+
 def train_figures(reply: Any, config: Any) -> dict[str, float]:
     """Images trained and training seconds, from a train reply's metrics."""
     try:
@@ -122,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from flwr.common.logger import log
 
     fast_object_pulls()
+    cache = keep_pulled_objects()
     stop = {"now": False}
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -142,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             task = next_task(wire, lambda: stop["now"], parent)
             if task is None:
                 break
+            cache.hits = 0
             try:
                 outcome = runner.run(str(task["address"]), str(task["token"]))
+                outcome["kept_objects"] = cache.hits
             except Exception as exc:  # noqa: BLE001 - the task fails; this worker goes on
                 outcome = {"status": f"failed: {type(exc).__name__}"}
                 print(f"fedlaunch: {args.name}: client-{task.get('client')}'s task failed: {exc}"
