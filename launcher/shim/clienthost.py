@@ -333,6 +333,7 @@ class Host:
 
     def shutdown(self) -> int:
         self.stopping = True
+        last = dict(self.endpoints)  # the final pool.json lists every client with its restarts
         for endpoint in self.endpoints.values():
             try:
                 os.kill(endpoint.pid, signal.SIGTERM)
@@ -348,7 +349,9 @@ class Host:
             except ProcessLookupError:
                 pass
         self.reap()
-        self.write_status()
+        for endpoint in last.values():
+            endpoint.current = None
+        write_pool_status(self.run_dir, (), self.workers, last, self.restarts, self.failed)
         return 1 if self.failed and not self.endpoints else 0
 
 
