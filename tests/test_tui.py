@@ -269,6 +269,19 @@ async def test_gpu_panel_shows_each_gpu() -> None:
         assert "2 pids" in text
 
 
+async def test_a_redraw_while_the_panels_are_gone_keeps_its_work_for_later() -> None:
+    # the refresh timer can tick while the app tears its screen down (seen once in CI)
+    script = Script(federated_events())
+    async with script.app().run_test(size=(160, 48)) as pilot:
+        await settle(pilot, script)
+        await pilot.app.query(GpuPanel).remove()
+        pilot.app.state.dirty |= {"gpus", "header"}
+
+        pilot.app.redraw()
+
+        assert {"gpus", "header"} <= pilot.app.state.dirty
+
+
 async def test_run_finished_with_exit_on_finish_exits_with_its_code() -> None:
     events = [*started(), RunFinished("failed", 1, {"wall_seconds": 12.0}, "client-1", ("boom",))]
     script = Script(events, hold=False, code=1)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Footer
 
 from launcher.events import Event, EventBus, RunFinished
@@ -141,6 +142,13 @@ class FedlaunchApp(App[int]):
         dirty, state.dirty = state.dirty, set()
         if not dirty:
             return
+        try:
+            self._draw(dirty)
+        except NoMatches:  # a timer tick while the screen is not composed yet, or torn down
+            state.dirty |= dirty
+
+    def _draw(self, dirty: set[str]) -> None:
+        state = self.state
         if "header" in dirty:
             self.query_one(RunHeader).show(state)
         if "progress" in dirty:
