@@ -91,10 +91,10 @@ def inline_sync_dependencies() -> None:
 
     The SuperNode's runtime API resolves about twenty small dependencies per request (the state,
     the handlers, the version check, the task token...), and FastAPI hands each plain `def` one to
-    a worker thread and back: two thirds of a millisecond per request, a third of the SuperNode's
-    CPU per request (bench/runtime_api.py). Flower's are lookups in its in-memory node state
-    under a lock held for microseconds, so they run inline. Endpoints still run in the pool.
-    Only the SuperNode processes fedlaunch starts are patched, never the SuperLink.
+    a worker thread and back: about 0.9 of the 2.1 ms of CPU a SuperNode spends on a request
+    (bench/runtime_api.py). Flower's are lookups in its in-memory node state under a lock held
+    for microseconds, so they run inline. Endpoints still run in the pool. Only the SuperNode
+    processes fedlaunch starts are patched, never the SuperLink.
     """
     import fastapi.dependencies.utils as resolve  # noqa: PLC0415
 
