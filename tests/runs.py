@@ -322,8 +322,13 @@ class Run:
     # acting
 
     def send(self, sig: int) -> None:
-        """Send `sig` to fedlaunch itself (as a terminal's Ctrl+C or `kill` would)."""
+        """Send `sig` to fedlaunch itself (as `kill` would)."""
         self.proc.send_signal(sig)
+
+    def send_group(self, sig: int) -> None:
+        """Send `sig` to fedlaunch's whole process group, its children too, as a terminal's
+        Ctrl+C does (fedlaunch was started as the leader of its own group)."""
+        os.killpg(self.proc.pid, sig)
 
     def kill_all(self) -> None:
         """Kill fedlaunch and every process it was seen to have, and any that names the run folder."""

@@ -64,6 +64,28 @@ def pool_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+@pytest.mark.timeout(300)
+def test_ctrl_c_in_a_terminal_stops_the_pool_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl+C reaches every process of the group at once: the client endpoints die
+    with it while the host may still ring or hand them tasks. The host must not crash on them."""
+    out = tmp_path / "run"
+    args = ["--clients", "8", "--workers", "2", "--fraction-train", "0.5", "--rounds", "50",
+            "--limit-train", "1600", *POOL]
+
+    with Run(args, out, cwd=tmp_path) as run:
+        run.wait_for_event("round", 2, timeout=240)
+        run.send_group(signal.SIGINT)
+        code = run.wait(120)
+
+        assert code == 130, run.report()
+        run.assert_no_orphans()
+    clients_log = (out / "logs" / "clients.log").read_text()
+    assert "Traceback" not in clients_log, clients_log[-3000:]
+    final = pool_status(out)
+    assert sorted(final["clients"], key=int) == [str(c) for c in range(8)], final
+    assert read_summary(out)["exit_reason"] == "interrupted"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_24_clients_on_2_workers_a_quarter_sampled(tmp_path: Path) -> None:

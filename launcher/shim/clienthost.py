@@ -261,7 +261,7 @@ class Host:
             return
         endpoint = self.endpoints.get(task["client"])
         if endpoint is not None and endpoint.pid == task["pid"]:
-            endpoint.wire.send(op="lost", token=task["token"])
+            endpoint.wire.tell(op="lost", token=task["token"])
         task["status"] = f"lost: {worker.name} died"
         print(f"fedlaunch: {worker.name} died while it ran client-{task['client']}'s task; the "
               "task fails (or, not yet started, goes to another worker)", flush=True)
@@ -278,9 +278,9 @@ class Host:
                 continue
             task.update(worker=worker.name, taken=time.time())
             worker.ready, worker.task, worker.state = False, task, "starting"
-            worker.wire.send(op="task", token=task["token"], address=task["address"],
+            worker.wire.tell(op="task", token=task["token"], address=task["address"],
                              client=task["client"])
-            endpoint.wire.send(op="taken", token=task["token"])
+            endpoint.wire.tell(op="taken", token=task["token"])
             self.changed = True
 
     # -- the run folder -------------------------------------------------------------------------
@@ -322,7 +322,7 @@ class Host:
                         self.from_endpoint(who, message)
             for client in self.doorbell.due():  # this round's nodes: poll the SuperLink now
                 if client in self.endpoints:
-                    self.endpoints[client].wire.send(op="poll")
+                    self.endpoints[client].wire.tell(op="poll")
             self.reap()
             self.departures.poll()  # a restarted client back under its node id (node keys)
             self.write_status()

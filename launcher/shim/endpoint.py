@@ -43,6 +43,15 @@ class Wire:
         with self._lock:
             self.sock.sendall(data)
 
+    def tell(self, **message: Any) -> bool:
+        """`send` to a peer that may have died: False then, and its death is handled where it
+        is noticed (the host's reaper, or the worker's socket closing)."""
+        try:
+            self.send(**message)
+        except OSError:
+            return False
+        return True
+
     def lines(self, chunk: bytes) -> list[dict[str, Any]]:
         """Messages completed by `chunk` (bytes just read from the socket)."""
         self._buffer += chunk
