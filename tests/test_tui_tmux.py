@@ -59,3 +59,24 @@ def test_tui_in_tmux_shows_rounds_and_clients_and_quits_on_q(tmp_path: Path) -> 
     assert len(rows) == 2, done
     time.sleep(1)
     assert processes_mentioning(str(out)) == []
+
+
+@pytest.mark.timeout(180)
+def test_closing_the_terminal_on_the_end_screen_ends_fedlaunch(tmp_path: Path) -> None:
+    """The run is over and the screen waits for `q`; the user closes the terminal instead."""
+    session = f"fedlaunch-test-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "run"
+    command = " ".join(fedlaunch_argv("--clients", "2", "--rounds", "1", *SMALL, "--out", str(out)))
+    env = child_env({"TERM": "xterm-256color"})
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command],
+                   env=env, check=True)
+    try:
+        wait_for_screen(session, ["completed"], timeout=150)
+        assert processes_mentioning(str(out)), "fedlaunch left before the terminal closed"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)  # SIGHUP
+
+    wait_until(lambda: not processes_mentioning(str(out)), 20,
+               "fedlaunch to leave once its terminal closed",
+               detail=lambda: str(processes_mentioning(str(out))))
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import threading
 import time
 import traceback
@@ -126,6 +128,7 @@ class FedlaunchApp(App[int]):
             code = EXIT_FAILED
         self.exit_code = int(code)
         self.run_done = True
+        self._leave_on_stop_signals()
         self.state.dirty |= {"header", "summary", "progress"}
         self.redraw()
         if self.exit_on_finish or self.leave_when_done:
@@ -232,6 +235,14 @@ class FedlaunchApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def _leave_on_stop_signals(self) -> None:
+        """Once the run is over only this screen is left: the terminal closing (SIGHUP), `kill`
+        or SIGINT leave it as `q` does. They used to ask the ended run to stop, and a TUI whose
+        terminal had gone stayed alive, spinning on it."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.action_stop)
 
     def _quit_with(self, code: int | None) -> None:
         self._ignore_events = True
