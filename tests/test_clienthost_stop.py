@@ -62,7 +62,12 @@ def test_the_final_pool_json_keeps_every_client_and_its_restarts(tmp_path: Path)
     host.restarts[0] = 1
     host.endpoints[1].current = {"client": 1}  # stopped while its SuperNode held a task
 
-    # Execute
+    # Execute: a Ctrl+C reaches client 0 first; the host reaps it before it stops the others
+    host.stopping = True
+    children[0].send_signal(2)
+    children[0].wait(10)
+    host.endpoint_gone(0, -2)
+    host.by_pid.pop(children[0].pid)
     host.shutdown()
 
     # Assert: both stopped, both listed, the restart kept, nothing shown busy

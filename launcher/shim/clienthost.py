@@ -62,6 +62,7 @@ class Host:
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, ("listen", None))
         self.endpoints: dict[int, Endpoint] = {}  # by client
+        self.stopped: dict[int, Endpoint] = {}  # gone once stopping: the final pool.json's too
         self.by_pid: dict[int, int] = {}
         self.restarts: dict[int, int] = {}
         self.failed: set[int] = set()
@@ -177,6 +178,8 @@ class Host:
             self.record(endpoint.current, status="client died")
         self.changed = True
         if self.stopping:
+            endpoint.current = None
+            self.stopped[client] = endpoint
             return
         self.departures.died(client)  # the ServerApp stops waiting for its node
         used = self.restarts.get(client, 0)
@@ -333,7 +336,6 @@ class Host:
 
     def shutdown(self) -> int:
         self.stopping = True
-        last = dict(self.endpoints)  # the final pool.json lists every client with its restarts
         for endpoint in self.endpoints.values():
             try:
                 os.kill(endpoint.pid, signal.SIGTERM)
@@ -349,9 +351,9 @@ class Host:
             except ProcessLookupError:
                 pass
         self.reap()
-        for endpoint in last.values():
-            endpoint.current = None
-        write_pool_status(self.run_dir, (), self.workers, last, self.restarts, self.failed)
+        # the final pool.json lists every client the host ran, with its restarts, none busy
+        write_pool_status(self.run_dir, (), self.workers, {**self.stopped, **self.endpoints},
+                          self.restarts, self.failed)
         return 1 if self.failed and not self.endpoints else 0
 
 
