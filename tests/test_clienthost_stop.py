@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import selectors
+import signal
 import socket
 import subprocess
 import time
@@ -22,6 +23,14 @@ def new_host(tmp_path: Path) -> clienthost.Host:
                                   "--socket", str(sock), "--partition-ids", "0-1",
                                   "--num-partitions", "2"])
     return clienthost.Host(args, owner_only_listener(sock))
+
+
+def as_an_endpoint() -> None:
+    """A stand-in's signals as a real endpoint's: the host's fork resets SIGINT and SIGTERM to
+    their defaults, so a Ctrl+C ends it even when the tests run with SIGINT ignored (started with
+    `&` from a script or by CI), a disposition that a plain child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def test_a_message_to_a_peer_that_died_is_not_a_crash(tmp_path: Path) -> None:
@@ -53,7 +62,7 @@ def test_the_final_pool_json_keeps_every_client_and_its_restarts(tmp_path: Path)
     host = new_host(tmp_path)
     children = {}
     for client in (0, 1):
-        child = subprocess.Popen(["sleep", "60"])
+        child = subprocess.Popen(["sleep", "60"], preexec_fn=as_an_endpoint)
         ours, _theirs = socket.socketpair()
         host.endpoints[client] = Endpoint(client, child.pid, ours, Wire(ours), time.time())
         host.by_pid[child.pid] = client
