@@ -148,7 +148,6 @@ def test_the_launcher_shows_a_client_connected_when_its_supernode_signs_in(tmp_p
 def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wait for a ClientApp's reply ends when the node state stores it, not SHORT_WAIT later;
     without a store it lasts SHORT_WAIT, and the idle poll is not shortened by a store."""
-    import threading
     from types import SimpleNamespace
 
     from flwr.supercore.object_store import ObjectStoreFactory
@@ -157,22 +156,27 @@ def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPa
     for name in ("store_message", "store_object"):  # restored after the test
         monkeypatch.setattr(InMemoryNodeState, name, getattr(InMemoryNodeState, name))
     nudge = supernode.nudge_on_replies()
+    waits: list[tuple[float | None, bool]] = []  # each wait on the nudge: (its limit, woken)
+    real_wait = nudge.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        woken = real_wait(timeout)
+        waits.append((timeout, woken))
+        return woken
+
+    monkeypatch.setattr(nudge, "wait", wait)
     prompt = PromptTime(nudge=nudge)
     state = InMemoryNodeState(ObjectStoreFactory().store())
 
     started = time.monotonic()
     prompt.sleep(0.5)
-    alone = time.monotonic() - started
-    assert SHORT_WAIT * 0.9 <= alone < 0.5
+    assert waits == [(SHORT_WAIT, False)]  # no store: the whole SHORT_WAIT, not the 0.5 s asked
+    assert time.monotonic() - started >= SHORT_WAIT * 0.9
 
     message = SimpleNamespace(metadata=SimpleNamespace(message_id="reply-1"))  # what it reads
-    timer = threading.Timer(0.01, state.store_message, args=(message,))
-    timer.start()
-    started = time.monotonic()
-    prompt.sleep(10.0 * SHORT_WAIT)  # a short wait (< 1 s) that the store ends early
-    woken = time.monotonic() - started
-    timer.join()
-    assert woken < SHORT_WAIT * 0.9, woken
+    state.store_message(message)  # the reply, stored by the ClientApp's push (then or mid-wait)
+    prompt.sleep(10.0 * SHORT_WAIT)  # a short wait (< 1 s) that the store ends
+    assert waits[1] == (SHORT_WAIT, True)  # woken by the store, not by the end of SHORT_WAIT
     assert not nudge.is_set()
 
     state.store_object(run_id=1, session_id="none", object_id="x", object_content=b"")
