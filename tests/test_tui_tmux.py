@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -19,8 +18,14 @@ pytestmark = [
 ]
 
 
+def tmux(session: str, *args: str) -> list[str]:
+    """A tmux command on this session's own server (`-L`): a tmux server that other sessions on
+    the machine share would outlive this test's session, its command line naming this run."""
+    return ["tmux", "-L", session, *args]
+
+
 def screen(session: str) -> str:
-    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+    return subprocess.run(tmux(session, "capture-pane", "-p", "-t", session), capture_output=True,
                           text=True, check=False).stdout
 
 
@@ -40,16 +45,16 @@ def test_tui_in_tmux_shows_rounds_and_clients_and_quits_on_q(tmp_path: Path) -> 
     out = tmp_path / "run"
     command = " ".join(fedlaunch_argv("--clients", "2", "--rounds", "2", *SMALL, "--out", str(out)))
     env = child_env({"TERM": "xterm-256color"})
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30",
+    subprocess.run([*tmux(session, "new-session"), "-d", "-s", session, "-x", "100", "-y", "30",
                     f"{command}; echo FEDLAUNCH-EXIT=$?; sleep 60"], env=env, check=True)
     try:
         # Execute: the live screen, then the end screen
         live = wait_for_screen(session, ["round", "client", "cpu"], timeout=60)
         done = wait_for_screen(session, ["completed"], timeout=150)
-        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        subprocess.run(tmux(session, "send-keys", "-t", session, "q"), check=True)
         final = wait_for_screen(session, ["FEDLAUNCH-EXIT="], timeout=30)
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+        subprocess.run(tmux(session, "kill-session", "-t", session), check=False)
 
     # Assert
     assert "CPU mode" in live
@@ -57,8 +62,9 @@ def test_tui_in_tmux_shows_rounds_and_clients_and_quits_on_q(tmp_path: Path) -> 
     assert "FEDLAUNCH-EXIT=0" in final
     rows = [line for line in done.splitlines() if re.match(r"│\s*[01]\s+cpu\s+\w+\s+2\s", line)]
     assert len(rows) == 2, done
-    time.sleep(1)
-    assert processes_mentioning(str(out)) == []
+    wait_until(lambda: not processes_mentioning(str(out)), 20,
+               "fedlaunch and its tmux server to leave once the session is killed",
+               detail=lambda: str(processes_mentioning(str(out))))
 
 
 @pytest.mark.timeout(180)
@@ -68,13 +74,13 @@ def test_closing_the_terminal_on_the_end_screen_ends_fedlaunch(tmp_path: Path) -
     out = tmp_path / "run"
     command = " ".join(fedlaunch_argv("--clients", "2", "--rounds", "1", *SMALL, "--out", str(out)))
     env = child_env({"TERM": "xterm-256color"})
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command],
+    subprocess.run([*tmux(session, "new-session"), "-d", "-s", session, "-x", "100", "-y", "30", command],
                    env=env, check=True)
     try:
         wait_for_screen(session, ["completed"], timeout=150)
         assert processes_mentioning(str(out)), "fedlaunch left before the terminal closed"
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], check=False)  # SIGHUP
+        subprocess.run(tmux(session, "kill-session", "-t", session), check=False)  # SIGHUP
 
     wait_until(lambda: not processes_mentioning(str(out)), 20,
                "fedlaunch to leave once its terminal closed",
