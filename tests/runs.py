@@ -7,6 +7,7 @@ SuperNode is one edit here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,19 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
                          + (f"\n{detail()}" if detail else ""))
 
+
+
+async def until(check: Callable[[], Any], what: str, timeout: float = 30.0,
+                pause: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> Any:
+    """`wait_until` inside an event loop (a Textual pilot's `pause`, or asyncio.sleep): await
+    `check` becoming truthy; fail naming `what` at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await pause(0.01)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 # --- run folders -----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from launcher.events import Event, EventBus, RoundFinished, RunFinished, RunStar
 from launcher.supervision.headless import FinalLine, HeadlessPrinter
 from launcher.supervision.watchdog import TOKEN_VAR, Watchdog, carries
 from launcher.tui.app import FedlaunchApp
-from tests.runs import SMALL, Run, describe, read_metrics, read_summary, rounds
+from tests.runs import SMALL, Run, describe, read_metrics, read_summary, rounds, until, wait_until
 
 ARGS = ["--clients", "2", *SMALL, "--gpus", "cpu", "--headless", "--round-timeout", "20"]
 
@@ -137,12 +137,8 @@ async def test_q_once_the_last_round_is_done_leaves_as_soon_as_the_processes_are
         await pilot.pause()
 
         await pilot.press("q")
-        for _ in range(300):
-            if not app.is_running:
-                break
-            await pilot.pause(0.01)
-
-        assert not app.is_running, "the app still runs after the processes are down"
+        await until(lambda: not app.is_running, "the app to leave once the processes are down",
+                    pause=pilot.pause)
     assert script.stops == ["interrupted"]
     assert app.return_value == 0
 
@@ -159,12 +155,8 @@ async def test_q_pressed_again_while_stopping_leaves_once_the_processes_are_down
         await pilot.pause(0.1)
         assert app.is_running and script.down_at is None  # still stopping: still on screen
         script.release.set()
-        for _ in range(300):
-            if not app.is_running:
-                break
-            await pilot.pause(0.01)
-
-        assert not app.is_running
+        await until(lambda: not app.is_running, "the app to leave once the processes are down",
+                    pause=pilot.pause)
     assert script.stops == ["interrupted"]
     assert app.return_value == 130
 
@@ -177,11 +169,8 @@ async def test_a_single_q_mid_run_stops_and_stays_on_the_summary() -> None:
         await pilot.pause()
 
         await pilot.press("q")
-        for _ in range(300):
-            if app.run_done:
-                break
-            await pilot.pause(0.01)
-        await pilot.pause(0.2)
+        await until(lambda: app.run_done, "the run to end", pause=pilot.pause)
+        await pilot.pause(0.2)  # time to leave, had a single q wrongly quit
 
         assert app.is_running and app.run_done
         await pilot.press("q")
@@ -223,10 +212,11 @@ def test_nothing_the_launcher_started_is_alive_10_s_after_it_is_killed(tmp_path:
 
         run.root.kill()
         run.proc.wait(10)
-        time.sleep(10)
+        killed = time.monotonic()
 
-        left = run.leftovers()
-        assert not left, f"{len(left)} process(es) outlived the killed launcher: {describe(left)}"
+        wait_until(lambda: not run.leftovers(), 10, "every process of the killed launcher to go",
+                   detail=lambda: describe(run.leftovers()))
+        assert time.monotonic() - killed < 10
 
 
 @pytest.mark.e2e

@@ -30,6 +30,7 @@ from launcher.tui.clients import ClientsTable
 from launcher.tui.gpus import CPU_MODE, GpuPanel
 from launcher.tui.logpane import LogPane
 from launcher.tui.summary import SummaryPanel
+from tests.runs import until
 
 NOW = 1_000_095.0
 GIB = 2**30
@@ -70,10 +71,7 @@ class Script:
 
 async def settle(pilot: Pilot[int], script: Script) -> None:
     """Wait until every scripted event is published and the panels have redrawn."""
-    for _ in range(500):
-        if script.published:
-            break
-        await pilot.pause(0.01)
+    await until(lambda: script.published, "every scripted event published", pause=pilot.pause)
     assert isinstance(pilot.app, FedlaunchApp)
     pilot.app.redraw()
     await pilot.pause()
@@ -225,10 +223,7 @@ async def test_q_requests_stop_once_then_quits_with_run_exit_code() -> None:
         await settle(pilot, script)
         await pilot.press("q")
         assert script.stops == ["interrupted"]
-        for _ in range(100):
-            if app.run_done:
-                break
-            await pilot.pause(0.01)
+        await until(lambda: app.run_done, "the run to end", pause=pilot.pause)
         app.redraw()
         await pilot.pause()
         summary = app.query_one(SummaryPanel)
@@ -287,10 +282,7 @@ async def test_run_finished_with_exit_on_finish_exits_with_its_code() -> None:
     script = Script(events, hold=False, code=1)
     app = script.app(exit_on_finish=True)
     async with app.run_test(size=(80, 24)) as pilot:
-        for _ in range(200):
-            if not app.is_running:
-                break
-            await pilot.pause(0.01)
+        await until(lambda: not app.is_running, "the app to exit on RunFinished", pause=pilot.pause)
     assert app.return_value == 1
 
 
@@ -323,12 +315,9 @@ async def test_crashing_run_shows_the_error_and_exits_1() -> None:
 
     app = FedlaunchApp(bus, run, lambda reason: None, clock=lambda: NOW)
     async with app.run_test(size=(80, 24)) as pilot:
-        for _ in range(100):
-            if app.run_done:
-                break
-            await pilot.pause(0.01)
-        await pilot.pause(0.1)
-        assert "RuntimeError: supervisor broke" in screen_text(app.query_one(SummaryPanel))
+        await until(lambda: app.run_done, "the crashed run to end", pause=pilot.pause)
+        await until(lambda: "RuntimeError: supervisor broke" in screen_text(app.query_one(SummaryPanel)),
+                    "the error on the summary", pause=pilot.pause)
         await pilot.press("q")
     assert app.return_value == 1
 
