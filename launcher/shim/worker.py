@@ -24,6 +24,7 @@ from typing import Any
 
 from launcher.shim.endpoint import Wire
 from launcher.shim.executor import Executor, fast_object_pulls
+from launcher.shim.hostparts import train_figures
 
 CONNECT_PATIENCE = 120.0  # the client host may start after the workers (or restart)
 SHARED_DATA = "FEDLAUNCH_SHARED_DATA"
@@ -106,17 +107,6 @@ def keep_pulled_objects() -> ObjectCache:
     module.pull_and_inflate_object_from_tree = cache.around(  # type: ignore[attr-defined]
         module.pull_and_inflate_object_from_tree)
     return cache
-
-
-def train_figures(reply: Any, config: Any) -> dict[str, float]:
-    """Images trained and training seconds, from a train reply's metrics."""
-    try:
-        metrics = reply.content["metrics"]
-        epochs = int(config.get("local-epochs", 1)) if config is not None else 1
-        return {"images": float(metrics["num-examples"]) * epochs,
-                "seconds": float(metrics["train-seconds"])}
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return {}
 
 
 def connect(path: str, parent: int) -> socket.socket:
