@@ -31,7 +31,8 @@ pytestmark = pytest.mark.e2e
 
 # Two clients and a round timeout short enough that a lost reply costs one short wait, yet long
 # enough for both clients to connect on a busy two-core machine.
-ARGS = ["--clients", "2", *SMALL, "--gpus", "cpu", "--headless", "--round-timeout", "20"]
+ARGS = ["--clients", "2", *SMALL, "--gpus", "cpu", "--headless", "--round-timeout", "20",
+        "--engine", "deployment"]
 MANY = 30  # rounds for runs that are stopped long before their end
 # Rounds of a run that loses a client: enough for the restarted client (several seconds to start)
 # to be back before the end, even when rounds no longer wait for the dead one.
