@@ -94,8 +94,8 @@ def test_warm_and_stock_executors_give_the_same_results(tmp_path: Path) -> None:
     results = {}
     for executor in ("warm", "stock"):
         out = tmp_path / executor
-        done = run_cli(["--clients", "2", "--rounds", "2", "--headless", "--engine", "deployment", "--executor", executor,
-                        "--out", str(out), *SMALL], tmp_path, timeout=200)
+        done = run_cli(["--clients", "2", "--rounds", "2", "--headless", "--engine", "deployment",
+                        "--executor", executor, "--out", str(out), *SMALL], tmp_path, timeout=200)
         assert done.returncode == 0, done.stdout[-3000:]
         results[executor] = [(r["round"], r["accuracy"], r["loss"], r["train_loss"])
                              for r in rounds(out)]
