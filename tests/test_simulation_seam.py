@@ -74,18 +74,23 @@ def test_flowers_simulation_loop_runs_the_installed_backend_and_keeps_each_nodes
         def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
             calls.append(int(context.node_config["partition-id"]))
             # through a socket both ways, as the workers get them
+            given = context
             ours, theirs = socket.socketpair()
             with ours, theirs:
-                simwire.send_frame(ours, {"op": "task"}, simwire.pack_message(message),
-                                   simwire.pack_context(context))
+                simwire.send_frame(ours, {"op": "task", **simwire.context_header(context)},
+                                   simwire.pack_message(message), simwire.pack_state(context, message))
                 header, parts = simwire.recv_frame(theirs)
-            assert header == {"op": "task"}
-            message, context = simwire.unpack_message(parts[0]), simwire.unpack_context(parts[1])
-            assert message.content["config"]["lr"] == 0.5
-            assert self.app is not None
-            reply = self.app(message=message, context=context)
-            return (simwire.unpack_message(simwire.pack_message(reply)),
-                    simwire.unpack_context(simwire.pack_context(context)))
+                assert header["op"] == "task" and header["node_config"]["partition-id"] in (0, 1, 2)
+                message = simwire.unpack_message(parts[0])
+                context = simwire.with_state(header, parts[1], {"mine": 1})
+                assert message.content["config"]["lr"] == 0.5
+                assert self.app is not None
+                reply = self.app(message=message, context=context)
+                simwire.send_frame(theirs, {"op": "reply"}, simwire.pack_message(reply),
+                                   simwire.pack_state(context, message))
+                _, back = simwire.recv_frame(ours)
+            return (simwire.unpack_message(back[0]),
+                    simwire.with_state(simwire.context_header(given), back[1], given.run_config))
 
         def terminate(self) -> None:
             pass

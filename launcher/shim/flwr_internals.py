@@ -21,11 +21,8 @@ if TYPE_CHECKING:  # the types mypy sees; at run time each is looked up on first
     from flwr.common.config import get_project_dir as get_project_dir
     from flwr.common.constant import ErrorCode as ErrorCode
     from flwr.common.constant import SubStatus as SubStatus
-    from flwr.common.serde import context_from_proto as context_from_proto
-    from flwr.common.serde import context_to_proto as context_to_proto
     from flwr.common.serde import message_from_proto as message_from_proto
     from flwr.common.serde import message_to_proto as message_to_proto
-    from flwr.proto.message_pb2 import Context as ProtoContext  # noqa: F401
     from flwr.proto.message_pb2 import Message as ProtoMessage  # noqa: F401
     from flwr.proto.runtime_pb2 import AcquireTaskRequest as AcquireTaskRequest
     from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest as SendTaskHeartbeatRequest
@@ -62,10 +59,7 @@ NAMES: dict[str, tuple[str, str]] = {
     "SubStatus": ("flwr.common.constant", "SubStatus"),
     "message_to_proto": ("flwr.common.serde", "message_to_proto"),
     "message_from_proto": ("flwr.common.serde", "message_from_proto"),
-    "context_to_proto": ("flwr.common.serde", "context_to_proto"),
-    "context_from_proto": ("flwr.common.serde", "context_from_proto"),
     "ProtoMessage": ("flwr.proto.message_pb2", "Message"),
-    "ProtoContext": ("flwr.proto.message_pb2", "Context"),
     "AcquireTaskRequest": ("flwr.proto.runtime_pb2", "AcquireTaskRequest"),
     "SendTaskHeartbeatRequest": ("flwr.proto.runtime_pb2", "SendTaskHeartbeatRequest"),
     "TaskType": ("flwr.supercore.constant", "TaskType"),

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     zygote_pid, zygote_fd = start_zygote()  # before any thread or torch operation
     run_config = run_config_of(run_dir)
-    pool = Pool(run_dir, Path(args.socket), orders, zygote_fd, run_config, args.max_restarts)
+    pool = Pool(run_dir, Path(args.socket), orders, zygote_fd, run_config, args.max_restarts,
+                int(run_config["clients"]))
 
     def on_signal(signum: int, _frame: object) -> None:
         pool.stop()  # pool.json says the workers stopped; they go with the zygote

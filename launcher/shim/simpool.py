@@ -59,8 +59,9 @@ class Pool:
     """K workers forked by the zygote, connected to this host's socket."""
 
     def __init__(self, run_dir: Path, socket_path: Path, orders: list[WorkerOrder], zygote_fd: int,
-                 run_config: dict[str, Any], max_restarts: int) -> None:
+                 run_config: dict[str, Any], max_restarts: int, clients: int) -> None:
         self.run_dir = run_dir
+        self.clients = clients
         self.socket_path = socket_path
         self.orders = {o.name: o for o in orders}
         self.zygote_fd = zygote_fd
@@ -71,7 +72,7 @@ class Pool:
         self.idle: queue.Queue[SimWorker] = queue.Queue()
         self.workers: dict[str, SimWorker] = {}
         self.waiting: dict[int, int] = {}  # client -> tasks of it waiting for a worker
-        self.clients: dict[int, dict[str, Any]] = {}
+        self.busy: dict[int, bool] = {}  # client -> a task of it runs now
         self.nodes_written: set[int] = set()
         self.lock = threading.Lock()
         self.changed = threading.Event()
@@ -165,10 +166,10 @@ class Pool:
         round_ = round_ or (int(group) if group.isdigit() else 0)
         task: dict[str, Any] = {"client": client, "round": round_, "type": kind,
                                 "created": time.time()}
-        packed = simwire.pack_message(message), simwire.pack_context(context)
+        packed = simwire.pack_message(message), simwire.pack_state(context, message)
         with self.lock:
             self.waiting[client] = self.waiting.get(client, 0) + 1
-            self.clients.setdefault(client, {"restarts": 0, "busy": False})["busy"] = True
+            self.busy[client] = True
         self.changed.set()
         worker = self.idle.get()
         with self.lock:
@@ -180,10 +181,11 @@ class Pool:
         worker.client, worker.since = client, time.time()
         self.changed.set()
         try:
-            simwire.send_frame(worker.sock, {"op": "task", "client": client}, *packed)
+            simwire.send_frame(worker.sock, {"op": "task", "client": client,
+                                             **simwire.context_header(context)}, *packed)
             header, parts = simwire.recv_frame(worker.sock)
         except (simwire.Closed, OSError) as exc:
-            self.clients[client]["busy"] = False
+            self.busy[client] = False
             self.lost(worker, task)
             raise WorkerLost(f"{worker.name} died while it ran client-{client}'s task") from exc
         task.update({k: header.get(k) for k in ("app_start", "app_end", "images", "seconds")})
@@ -191,16 +193,26 @@ class Pool:
         if header.get("images") and header.get("seconds"):
             worker.images_per_s = float(header["images"]) / max(1e-6, float(header["seconds"]))
         worker.state, worker.client, worker.since = "idle", None, time.time()
-        self.clients[client]["busy"] = False
+        self.busy[client] = False
         self.changed.set()
         if header.get("op") != "reply" or len(parts) != 2:
             record_task(self.run_dir, task, status="failed", sent=time.time())
             self.idle.put(worker)
             raise RuntimeError(f"client-{client}'s ClientApp failed: {header.get('reason', '?')}")
-        reply, updated = simwire.unpack_message(parts[0]), simwire.unpack_context(parts[1])
+        reply = simwire.unpack_message(parts[0])
+        # the node's new state; the rest as Flower gave it (it refuses a changed run config)
+        updated = simwire.with_state(simwire.context_header(context), parts[1], context.run_config)
         record_task(self.run_dir, task, status=header.get("status", "completed"), sent=time.time())
         self.idle.put(worker)
         return reply, updated
+
+    def nodes_registered(self) -> None:
+        """progress/client-N.node for every virtual node (the screen shows them connected);
+        each gets its node id on its first task (note_node)."""
+        folder = self.run_dir / "progress"
+        folder.mkdir(parents=True, exist_ok=True)
+        for client in range(self.clients):
+            (folder / f"client-{client}.node").touch()
 
     def note_node(self, client: int, node_id: int) -> None:
         """progress/client-N.node: client N's virtual node id, as a SuperNode writes its own."""
@@ -220,8 +232,8 @@ class Pool:
         with self.lock:
             workers = list(self.workers.values())
             queued = [c for c, n in self.waiting.items() for _ in range(n)]
-            clients = {str(c): {"pid": os.getpid(), "restarts": 0,
-                                "busy": bool(info["busy"])} for c, info in self.clients.items()}
+            clients = {str(c): {"pid": os.getpid(), "restarts": 0, "busy": self.busy.get(c, False)}
+                       for c in range(self.clients)}
         return {
             "time": time.time(), "host_pid": os.getpid(), "engine": "simulation",
             "queued": queued,
@@ -279,6 +291,7 @@ class PoolBackend:
 
     def build(self, app_fn: Any) -> None:
         self.pool.wait_ready()
+        self.pool.nodes_registered()  # Flower has registered every virtual node by now
 
     def process_message(self, message: Any, context: Any) -> tuple[Any, Any]:
         return self.pool.run(message, context)

@@ -1,8 +1,9 @@
 """The simulation engine's wire: frames of a JSON header and Flower protobufs over a Unix socket.
 
 A frame is a count of parts, then each part's length and bytes. Part 0 is a JSON header
-(never data); the others are Flower's own protobufs (a Message, a Context) as
-`flwr.common.serde` writes them, so nothing received is unpickled.
+(never data, and a Context's ids and node config); the others are Flower Messages as protobufs,
+written by `flwr.common.serde` (a node's Context.state travels as the content of one), so nothing
+received is unpickled.
 """
 
 from __future__ import annotations
@@ -63,16 +64,28 @@ def pack_message(message: Any) -> bytes:
 
 
 def unpack_message(data: bytes) -> Any:
-    proto = fi.ProtoMessage()
-    proto.ParseFromString(data)
-    return fi.message_from_proto(proto)
+    return fi.message_from_proto(fi.ProtoMessage.FromString(data))
 
 
-def pack_context(context: Any) -> bytes:
-    return bytes(fi.context_to_proto(context).SerializeToString())
+def context_header(context: Any) -> dict[str, Any]:
+    """A Context but its state: ids and the node config (Flower's simulation gives the node's
+    partition-id and num-partitions), as JSON."""
+    return {"run_id": int(context.run_id), "node_id": int(context.node_id),
+            "node_config": dict(context.node_config)}
 
 
-def unpack_context(data: bytes) -> Any:
-    proto = fi.ProtoContext()
-    proto.ParseFromString(data)
-    return fi.context_from_proto(proto)
+def pack_state(context: Any, task: Any) -> bytes:
+    """The node's Context.state, carried as a Message (a reply to the task's message, Flower's
+    public API) so that it crosses as a Flower protobuf too."""
+    from flwr.app import Message
+
+    return pack_message(Message(context.state, reply_to=task))
+
+
+def with_state(header: dict[str, Any], state: bytes, run_config: dict[str, Any]) -> Any:
+    """The Context made of `header` (context_header's), a packed state and `run_config`."""
+    from flwr.app import Context
+
+    return Context(run_id=int(header["run_id"]), node_id=int(header["node_id"]),
+                   node_config=dict(header["node_config"]), state=unpack_message(state).content,
+                   run_config=dict(run_config))

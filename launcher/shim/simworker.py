@@ -8,7 +8,7 @@ torch work (such forks hang) or holds a CUDA context (which a child cannot use).
 
 A worker takes its environment from the host's order (CUDA_VISIBLE_DEVICES by GPU UUID, thread
 counts), connects to the host's Unix socket, and runs fedcore's ClientApp for each (Message,
-Context) it is sent, as Flower protobufs (launcher.shim.simwire), loading the data set once and
+Context) it is sent (launcher.shim.simwire), with the run's own run config, loading the data set once and
 each client's partition by index (fedcore.shared_data).
 """
 
@@ -128,8 +128,7 @@ def worker(order: dict[str, Any]) -> int:
         if header.get("op") != "task" or len(parts) != 2:
             continue
         message = simwire.unpack_message(parts[0])
-        context = simwire.unpack_context(parts[1])
-        given, context.run_config = context.run_config, dict(run_config)
+        context = simwire.with_state(header, parts[1], run_config)
         config = message.content["config"] if "config" in message.content else None
         started = time.time()
         try:
@@ -139,9 +138,8 @@ def worker(order: dict[str, Any]) -> int:
             simwire.send_frame(sock, {"op": "failed", "app_start": started, "app_end": time.time(),
                                       "reason": f"{type(exc).__name__}: {exc}"[:500]})
             continue
-        context.run_config = given  # Flower refuses a Context whose run config changed
         simwire.send_frame(
             sock, {"op": "reply", "app_start": started, "app_end": time.time(),
                    "status": "completed" if not reply.has_error() else "error",
                    **train_figures(reply, config)},
-            simwire.pack_message(reply), simwire.pack_context(context))
+            simwire.pack_message(reply), simwire.pack_state(context, message))
