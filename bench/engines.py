@@ -4,7 +4,9 @@
         --model cnn --rounds 5 --data-dir ~/.cache/fedlaunch/cifar10-images --gpus cpu
 
 Runs `fedlaunch --headless --engine E ARGS` for E = simulation, deployment, simulation, ...
-(`--pairs` of each) and prints per run: exit code, wall seconds, seconds from start to the first
+(`--pairs` of each; `--side NAME="FLAGS"`, given twice or more, compares other sides instead,
+e.g. --side k2="--engine simulation --workers 2" --side k4="--engine simulation --workers 4")
+and prints per run: exit code, wall seconds, seconds from start to the first
 client training (round 1's earliest `train_started`), seconds per round (all, and rounds 2+),
 peak PSS of the whole process tree (summed over every descendant, sampled every 0.5 s), the
 CPU seconds of the tree, and test accuracy per round. The run folders stay under --keep.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -51,8 +54,8 @@ def sample(procs: list[psutil.Process], cpu: dict[int, float]) -> int:
 
 def one(engine: str, args: list[str], out: Path) -> dict[str, Any]:
     started = time.time()
-    proc = subprocess.Popen([str(FEDLAUNCH), "--headless", "--engine", engine, "--out", str(out),
-                             *args], env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([str(FEDLAUNCH), "--headless", "--out", str(out), *args],
+                            env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     root = psutil.Process(proc.pid)
     peak, cpu = 0, {}
@@ -76,17 +79,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--keep", default="", help="folder for the run folders (default: a temp one)")
+    parser.add_argument("--side", action="append", default=[], metavar='NAME="FLAGS"',
+                        help="a side to compare (default: the two engines)")
     parser.add_argument("args", nargs="*", help="after --: fedlaunch flags for every run")
     ns = parser.parse_args()
     keep = Path(ns.keep or tempfile.mkdtemp(prefix="engines-"))
     keep.mkdir(parents=True, exist_ok=True)
+    sides = dict(side.split("=", 1) for side in ns.side) or {
+        engine: f"--engine {engine}" for engine in ("simulation", "deployment")}
     results = []
     for pair in range(ns.pairs):
-        for engine in ("simulation", "deployment"):
-            result = one(engine, ns.args, keep / f"{engine}-{pair}")
+        for name, flags in sides.items():
+            result = one(name, [*shlex.split(flags), *ns.args], keep / f"{name}-{pair}")
             results.append(result)
             print(json.dumps(result), flush=True)
-    for engine in ("simulation", "deployment"):
+    for engine in sides:
         mine = [r for r in results if r["engine"] == engine and r["rc"] == 0]
         if mine:
             print(f"{engine}: wall {min(r['wall'] for r in mine)}-{max(r['wall'] for r in mine)} s, "

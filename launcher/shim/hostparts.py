@@ -172,7 +172,6 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
 def preload(idle_wait: float, rung: bool = False) -> None:
     """Import and patch the SuperNode once, here, so that every forked client shares it."""
-    import flwr.supernode.cli.flower_supernode  # noqa: F401
     import flwr.supernode.main  # noqa: F401  - the runtime API app, imported when it starts
     import flwr.supernode.start_client_internal as loop
     import httpx  # noqa: F401
@@ -182,7 +181,7 @@ def preload(idle_wait: float, rung: bool = False) -> None:
     from launcher.shim import flwr_internals as fi
     from launcher.shim import supernode
 
-    for name in fi.NAMES:
+    for name in fi.NAMES:  # the SuperNode CLI's module among them
         getattr(fi, name)
     supernode.IDLE_WAIT = idle_wait
     loop.time = supernode.PromptTime(  # type: ignore[attr-defined]
