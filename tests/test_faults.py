@@ -39,8 +39,8 @@ MANY = 30  # rounds for runs that are stopped long before their end
 RECOVER = 14
 
 
-def federated(folder: Path, rounds_: int) -> Run:
-    return Run([*ARGS, "--rounds", str(rounds_)], folder / "run", cwd=folder)
+def federated(folder: Path, rounds_: int, engine: str = "deployment") -> Run:
+    return Run([*ARGS, "--rounds", str(rounds_), "--engine", engine], folder / "run", cwd=folder)
 
 
 def assert_stopped_cleanly(run: Run, code: int, reason: str, timeout: float = 60) -> None:
@@ -186,8 +186,9 @@ def test_sigint_mid_round_exits_130_with_finished_rounds_kept(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_mid_round_exits_143(tmp_path: Path) -> None:
-    with federated(tmp_path, MANY) as run:
+@pytest.mark.parametrize("engine", ["deployment", "simulation"])
+def test_sigterm_mid_round_exits_143(tmp_path: Path, engine: str) -> None:
+    with federated(tmp_path, MANY, engine) as run:
         run.wait_for_event("round", round=1)  # round 2 is under way by then
 
         run.send(signal.SIGTERM)
