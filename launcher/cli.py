@@ -124,8 +124,10 @@ def build_parser() -> Parser:
     run.add_argument("--port", type=number(int), default=None, metavar="N",
                      help="SuperLink port on 127.0.0.1 (default: a free one)")
     run.add_argument("--workers", type=number(int), default=None, metavar="K",
-                     help="GPU worker processes that train the clients' tasks (default: one per "
-                     "client while they fit in GPU memory, or in max(4, 2 x cores) on the CPU); "
+                     help="GPU worker processes that train the clients' tasks (default with "
+                     "--engine simulation: one per core on the CPU, two per GPU; with deployment: "
+                     "one per client while they fit in GPU memory, or in max(4, 2 x cores) on "
+                     "the CPU); "
                      "with fewer workers than clients, the clients are light Flower SuperNodes "
                      "and any free worker trains any sampled client")
     run.add_argument("--workers-per-gpu", "--clients-per-gpu", dest="clients_per_gpu",
