@@ -2,7 +2,9 @@
 
 With K < N the clients are cheap endpoints forked by one client host (launcher.shim.clienthost)
 and K warm workers (launcher.shim.worker), pinned round-robin over --gpus like clients, train
-whichever client's task waits. With K == N each client keeps its own warm executor.
+whichever client's task waits. With K == N each client keeps its own warm executor. The
+simulation engine (docs/ENGINES.md) has its own default K and one process that forks its workers
+(choose_simulation_workers, simulation_specs).
 """
 
 from __future__ import annotations
