@@ -3,7 +3,8 @@
 On the CPU in fp32, with every client sampled each round, a run on the simulation engine (Flower's
 simulation loop, fedlaunch's forked workers) and one on the Deployment Engine (a SuperLink, a
 SuperNode per client) train the same clients on the same batches and aggregate them in the same
-order: every round's metrics and the final weights agree exactly.
+order: every round's metrics and the final weights agree exactly. And a simulation-engine worker
+SIGKILLed mid-task is replaced while the run goes on.
 """
 
 from __future__ import annotations
