@@ -93,8 +93,8 @@ def measure_bare(args: argparse.Namespace) -> dict[str, float]:
 def measure_fedlaunch(args: argparse.Namespace, executor: str, out: Path) -> dict[str, float]:
     launched = time.time()
     cmd = [sys.executable, "-m", "launcher.cli", "--headless", "--out", str(out),
-           "--clients", str(args.clients), "--rounds", str(args.rounds), "--executor", executor,
-           *common_flags(args)]
+           "--clients", str(args.clients), "--rounds", str(args.rounds), "--engine", "deployment",
+           "--executor", executor, *common_flags(args)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env(1))
     if done.returncode != 0:
         raise SystemExit(f"fedlaunch failed ({done.returncode}):\n{done.stdout[-3000:]}")

@@ -88,7 +88,8 @@ def all_connected(out: Path) -> float | None:
 
 
 def run_pool(args: argparse.Namespace, clients: int, out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "launcher.cli", "--headless", "--out", str(out), "--gpus", "cpu",
+    cmd = [sys.executable, "-m", "launcher.cli", "--headless", "--engine", "deployment",
+           "--out", str(out), "--gpus", "cpu",
            "--clients", str(clients), "--workers", str(args.workers), "--rounds", str(args.rounds),
            "--fraction-train", str(args.fraction_train), "--dataset", "synthetic", "--model",
            "cnn", "--partition", "iid", "--limit-train", str(args.images_per_client * clients),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
-from flwr.common.logger import log
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedcore.config import RunConfig, from_run_config
@@ -29,7 +29,12 @@ POLL_START, POLL_MAX = 0.02, 0.05
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    fast_object_pulls("flwr.superlink.grid.http_grid")
+    fast_object_pulls("flwr.superlink.grid.http_grid")  # objects pulled over HTTP from the SuperLink
+    serve(grid, context)
+
+
+def serve(grid: Grid, context: Context) -> None:
+    """The run, on whichever engine's Grid (the simulation engine's is in memory: nothing to tune)."""
     cfg = from_run_config(context.run_config)
     out = cfg.out_dir or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     run = RunDir(out).create()

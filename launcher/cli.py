@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from fedcore.catalog import AUGMENTS, MODEL_NAMES, NORMALIZATIONS, STRATEGY_NAMES
 from fedcore.config import (
@@ -23,7 +23,7 @@ from fedcore.config import (
     validate,
 )
 from fedcore.errors import UsageError
-from launcher.kinds import EXECUTORS, RunMode
+from launcher.kinds import ENGINES, EXECUTORS, Engine, RunMode
 from launcher.network.flags import network_plan
 from launcher.planning.prepare import (
     LaunchOptions,
@@ -124,14 +124,21 @@ def build_parser() -> Parser:
     run.add_argument("--port", type=number(int), default=None, metavar="N",
                      help="SuperLink port on 127.0.0.1 (default: a free one)")
     run.add_argument("--workers", type=number(int), default=None, metavar="K",
-                     help="GPU worker processes that train the clients' tasks (default: one per "
-                     "client while they fit in GPU memory, or in max(4, 2 x cores) on the CPU); "
+                     help="GPU worker processes that train the clients' tasks (default with "
+                     "--engine simulation: one per core on the CPU, two per GPU; with deployment: "
+                     "one per client while they fit in GPU memory, or in max(4, 2 x cores) on "
+                     "the CPU); "
                      "with fewer workers than clients, the clients are light Flower SuperNodes "
                      "and any free worker trains any sampled client")
     run.add_argument("--workers-per-gpu", "--clients-per-gpu", dest="clients_per_gpu",
                      type=number(int), default=None, metavar="N",
                      help="at most N worker processes on one GPU (--clients-per-gpu is the old "
                      "name: it now counts workers; default: as many as fit in its memory)")
+    run.add_argument("--engine", choices=ENGINES, default=None,
+                     help="simulation: the ServerApp and virtual Flower nodes in one process, "
+                     "K worker processes train them (default on one machine); deployment: a "
+                     "Flower SuperLink and a real SuperNode per client (always with --serve "
+                     "and --join); see docs/ENGINES.md")
     run.add_argument("--executor", choices=EXECUTORS, default="warm",
                      help="warm: one long-lived process per client keeps torch, the model and "
                      "data loaded (default); stock: Flower's new process per message")
@@ -205,7 +212,9 @@ def launch_options(args: argparse.Namespace, local: bool, gpus: str | None,
     if local and (args.serve or args.join):
         raise UsageError("--local trains on this machine alone; drop --serve/--join, or --local")
     mode: RunMode = "local" if local else "join" if args.join else "federated"
+    engine = choose_engine(args, mode)
     return LaunchOptions(
+        engine=engine,
         mode=mode, gpus=gpus, max_restarts=max_restarts, executor=args.executor, port=args.port,
         clients_per_gpu=args.clients_per_gpu, workers=args.workers, dry_run=args.dry_run,
         resume=bool(args.resume),
@@ -213,6 +222,24 @@ def launch_options(args: argparse.Namespace, local: bool, gpus: str | None,
         # A join runs the server's data set: check the local copy only when --dataset names it.
         check_data=not args.join or args.dataset is not None,
     )
+
+
+DEFAULT_ENGINE: Engine = "simulation"  # measured faster on one machine: docs/PERFORMANCE.md
+
+
+def choose_engine(args: argparse.Namespace, mode: RunMode) -> Engine:
+    """--engine, or the default: the simulation engine for a run on this machine alone, the
+    Deployment Engine when a flag asks for what only it has (--serve, --join: other machines;
+    --port: its SuperLink; --executor stock: Flower's process per message)."""
+    needs = [flag for flag, given in (("--serve", args.serve), ("--join", args.join),
+                                      ("--port", args.port is not None),
+                                      ("--executor stock", args.executor == "stock")) if given]
+    if args.engine == "simulation" and needs and mode != "local":
+        raise UsageError(f"{needs[0]} needs the Deployment Engine (a SuperLink and real "
+                         "SuperNodes); drop --engine simulation or use --engine deployment")
+    if args.engine is not None:
+        return cast(Engine, args.engine)
+    return "deployment" if needs else DEFAULT_ENGINE
 
 
 def checked_seed(cfg: RunConfig) -> RunConfig:

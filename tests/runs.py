@@ -71,7 +71,8 @@ def cmdline(proc: psutil.Process) -> list[str]:
 def role_of(proc: psutil.Process) -> str | None:
     """`superlink`, `serverapp` (the warm ServerApp), `server` (flwr run), `client-N` (the process the
     launcher supervises for client N), `supernode-N` (the Flower SuperNode of client N; the same
-    process as client-N when no executor wraps it), `clientapp`, `local`, `plots` (the background
+    process as client-N when no executor wraps it), `clientapp`, `local`, `simulation` (the
+    simulation engine's process and the workers it forks), `plots` (the background
     step that draws accuracy.png and loss.png after the run); None for others."""
     argv = cmdline(proc)
     text = " ".join(argv)
@@ -81,6 +82,8 @@ def role_of(proc: psutil.Process) -> str | None:
         return "superlink"
     if "launcher.shim.serverhost" in argv:
         return "serverapp"
+    if "launcher.shim.simhost" in argv:  # the simulation engine, its zygote and workers (forked)
+        return "simulation"
     if "flwr-clientapp" in names:
         return "clientapp"
     if "flwr" in names and "run" in argv:

@@ -271,6 +271,14 @@ CASES = [
          a_run_folder(b"", '{"mode": "join"}\n'), out=False),
     Case("seed-negative", (*SYN, "--seed", "-1"), ("--seed", "-1", "4294967295")),
     Case("seed-beyond-32-bits", (*SYN, "--seed", str(2**32)), ("--seed", "4294967296")),
+    Case("engine-unknown", (*SYN, "--engine", "ray"), ("--engine", "ray", "simulation", "deployment")),
+    Case("engine-simulation-with-serve", (*SYN, "--engine", "simulation", "--serve", "127.0.0.1:9092",
+                                          "--insecure"), ("--serve", "Deployment Engine")),
+    Case("engine-simulation-with-join", ("--engine", "simulation", "--join", "127.0.0.1:9092",
+                                         "--partition-ids", "0-1", "--num-partitions", "2",
+                                         "--insecure"), ("--join", "Deployment Engine")),
+    Case("engine-simulation-with-port", (*SYN, "--engine", "simulation", "--port", "9093"),
+         ("--port", "Deployment Engine")),
     Case("local-with-serve", (*SYN, "--local", "--serve", "127.0.0.1:9092"), ("--local", "--serve")),
     Case("local-with-join", (*SYN, "--local", "--join", "127.0.0.1:9092", "--partition-ids", "0-0",
                              "--num-partitions", "1"), ("--local", "--join")),
@@ -346,16 +354,32 @@ def test_gpu_that_does_not_exist_says_what_to_use(outcomes: dict[str, Any]) -> N
 
 def test_dry_run_prints_the_processes_and_starts_nothing(tmp_path: Path) -> None:
     # Execute
-    result = run_cli([*SYN, "--clients", "3", "--gpus", "cpu", "--dry-run", "--out", "run"], tmp_path)
+    result = run_cli([*SYN, "--clients", "3", "--gpus", "cpu", "--dry-run", "--out", "run",
+                      "--engine", "deployment"], tmp_path)
 
     # Assert
     assert result.returncode == 0, result.stderr
+    assert "engine: deployment" in result.stdout
     names = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
     assert names == ["superlink", "serverapp", "client-0", "client-1", "client-2", "server"], result.stdout
     assert "flower-superlink" in result.stdout and "flwr run" in result.stdout
     assert "partition-id=2 num-partitions=3" in result.stdout
     assert not (tmp_path / "run").exists(), "--dry-run created the run folder"
     assert result.stderr == ""
+
+
+def test_dry_run_of_the_default_engine_prints_the_simulation_process_and_its_workers(
+        tmp_path: Path) -> None:
+    result = run_cli([*SYN, "--clients", "5", "--gpus", "cpu", "--dry-run", "--out", "run",
+                      "--workers", "2"], tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "engine: simulation" in result.stdout
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert names == ["worker-0", "worker-1", "simulation"], result.stdout
+    assert "launcher.shim.simhost" in result.stdout and "flower-superlink" not in result.stdout
+    assert "5 virtual Flower nodes (partition-id 0-4)" in result.stdout
+    assert not (tmp_path / "run").exists(), "--dry-run created the run folder"
 
 
 def test_list_profiles_names_the_shipped_profiles(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.timeout(180)
-def test_federated_run_completes_and_leaves_nothing_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["simulation", "deployment"])
+def test_federated_run_completes_and_leaves_nothing_running(tmp_path: Path, engine: str) -> None:
     # Prepare
     out = tmp_path / "run"
-    args = ["--clients", "3", "--rounds", "2", *SMALL, "--gpus", "cpu", "--headless"]
+    args = ["--clients", "3", "--rounds", "2", *SMALL, "--gpus", "cpu", "--headless",
+            "--engine", engine]
 
     # Execute
     with Run(args, out, cwd=tmp_path) as run:
@@ -46,8 +49,21 @@ def test_federated_run_completes_and_leaves_nothing_running(tmp_path: Path) -> N
     assert_round_records(rounds(out), [1, 2], replies=3)
     assert [r["round"] for r in records if r["event"] == "round_start"] == [1, 2]
     logs = {p.name for p in (out / "logs").iterdir()}
-    assert {"superlink.log", "server.log", "client-0.log", "client-1.log", "client-2.log"} <= logs
-    assert "round 2/2" in (out / "logs" / "server.log").read_text()
+    if engine == "deployment":
+        assert {"superlink.log", "server.log", "client-0.log", "client-1.log", "client-2.log"} <= logs
+        assert "round 2/2" in (out / "logs" / "server.log").read_text()
+    else:  # one process: the ServerApp, the virtual nodes, and the workers it forked
+        assert "superlink.log" not in logs and "server.log" not in logs, logs
+        assert "round 2/2" in (out / "logs" / "simulation.log").read_text()
+        assert "engine: simulation" not in run.stdout  # --dry-run says it, not a run
+        tasks = [json.loads(line) for line in (out / "workers.jsonl").read_text().splitlines()]
+        assert sorted((t["round"], t["client"]) for t in tasks) == [
+            (r, c) for r in (1, 2) for c in range(3)], tasks
+        assert all(t["status"] == "completed" and t["worker"] in ("worker-0", "worker-1")
+                   for t in tasks), tasks
+        pool = json.loads((out / "pool.json").read_text())
+        assert sorted(pool["clients"], key=int) == ["0", "1", "2"], pool
+        assert sum(w["tasks"] for w in pool["workers"]) == 6, pool
     summary = read_summary(out)
     assert summary["mode"] == "federated"
     assert summary["exit_reason"] == "completed"

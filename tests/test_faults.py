@@ -31,15 +31,16 @@ pytestmark = pytest.mark.e2e
 
 # Two clients and a round timeout short enough that a lost reply costs one short wait, yet long
 # enough for both clients to connect on a busy two-core machine.
-ARGS = ["--clients", "2", *SMALL, "--gpus", "cpu", "--headless", "--round-timeout", "20"]
+ARGS = ["--clients", "2", *SMALL, "--gpus", "cpu", "--headless", "--round-timeout", "20",
+        "--engine", "deployment"]
 MANY = 30  # rounds for runs that are stopped long before their end
 # Rounds of a run that loses a client: enough for the restarted client (several seconds to start)
 # to be back before the end, even when rounds no longer wait for the dead one.
 RECOVER = 14
 
 
-def federated(folder: Path, rounds_: int) -> Run:
-    return Run([*ARGS, "--rounds", str(rounds_)], folder / "run", cwd=folder)
+def federated(folder: Path, rounds_: int, engine: str = "deployment") -> Run:
+    return Run([*ARGS, "--rounds", str(rounds_), "--engine", engine], folder / "run", cwd=folder)
 
 
 def assert_stopped_cleanly(run: Run, code: int, reason: str, timeout: float = 60) -> None:
@@ -185,8 +186,9 @@ def test_sigint_mid_round_exits_130_with_finished_rounds_kept(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_mid_round_exits_143(tmp_path: Path) -> None:
-    with federated(tmp_path, MANY) as run:
+@pytest.mark.parametrize("engine", ["deployment", "simulation"])
+def test_sigterm_mid_round_exits_143(tmp_path: Path, engine: str) -> None:
+    with federated(tmp_path, MANY, engine) as run:
         run.wait_for_event("round", round=1)  # round 2 is under way by then
 
         run.send(signal.SIGTERM)

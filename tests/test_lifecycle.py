@@ -19,7 +19,7 @@ from launcher.events import Event, EventBus, RoundFinished, RunFinished, RunStar
 from launcher.supervision.headless import FinalLine, HeadlessPrinter
 from launcher.supervision.watchdog import TOKEN_VAR, Watchdog, carries
 from launcher.tui.app import FedlaunchApp
-from tests.runs import SMALL, Run, describe, read_metrics, read_summary, rounds, until, wait_until
+from tests.runs import SMALL, Run, describe, read_metrics, read_summary, role_of, rounds, until, wait_until
 
 ARGS = ["--clients", "2", *SMALL, "--gpus", "cpu", "--headless", "--round-timeout", "20"]
 
@@ -198,17 +198,26 @@ def test_the_final_line_after_the_tui_is_the_one_headless_prints() -> None:
 
 # --- real runs -----------------------------------------------------------------------------------
 
+ROLES = {"deployment": ("superlink", "serverapp", "server", "client-0", "client-1", "supernode-0",
+                        "supernode-1"),
+         "simulation": ("simulation",)}
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_nothing_the_launcher_started_is_alive_10_s_after_it_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["deployment", "simulation"])
+def test_nothing_the_launcher_started_is_alive_10_s_after_it_is_killed(tmp_path: Path,
+                                                                        engine: str) -> None:
     """SIGKILL of fedlaunch mid-round: the SuperLink, the ServerApp, SuperNodes, executors
-    and `flwr run` all go (the watchdog sweeps the run's token; children also have a
-    parent-death signal)."""
-    with Run([*ARGS, "--rounds", "30"], tmp_path / "run", cwd=tmp_path) as run:
+    and `flwr run` all go, or the simulation process with its zygote and workers (the watchdog
+    sweeps the run's token; children also have a parent-death signal)."""
+    with Run([*ARGS, "--rounds", "30", "--engine", engine], tmp_path / "run", cwd=tmp_path) as run:
         run.wait_for_event("round_start", round=1, timeout=240)
-        for role in ("superlink", "serverapp", "server", "client-0", "client-1",
-                     "supernode-0", "supernode-1"):
+        for role in ROLES[engine]:
             run.wait_for_role(role)  # each alive now, in the launcher's tree
+        if engine == "simulation":  # the host, its zygote and 2 workers
+            wait_until(lambda: sum(1 for p in run.snapshot() if role_of(p) == "simulation") >= 4,
+                       60, "the simulation process's zygote and workers")
 
         run.root.kill()
         run.proc.wait(10)
@@ -221,8 +230,9 @@ def test_nothing_the_launcher_started_is_alive_10_s_after_it_is_killed(tmp_path:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_sighup_mid_round_stops_the_run_with_exit_129(tmp_path: Path) -> None:
-    with Run([*ARGS, "--rounds", "30"], tmp_path / "run", cwd=tmp_path) as run:
+@pytest.mark.parametrize("engine", ["simulation", pytest.param("deployment", marks=pytest.mark.slow)])
+def test_sighup_mid_round_stops_the_run_with_exit_129(tmp_path: Path, engine: str) -> None:
+    with Run([*ARGS, "--rounds", "30", "--engine", engine], tmp_path / "run", cwd=tmp_path) as run:
         run.wait_for_event("round_start", round=1, timeout=240)
         run.wait_for_event("round_start", round=2, timeout=60)
 
@@ -239,10 +249,11 @@ def test_sighup_mid_round_stops_the_run_with_exit_129(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_the_command_returns_soon_after_the_last_round(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["simulation", pytest.param("deployment", marks=pytest.mark.slow)])
+def test_the_command_returns_soon_after_the_last_round(tmp_path: Path, engine: str) -> None:
     """The 'end' record ends the run; every process stops at once. (The target, 1.5 s on an idle
     machine, is measured by bench/lifecycle.py; a busy two-core CI machine gets some slack.)"""
-    with Run([*ARGS, "--rounds", "2"], tmp_path / "run", cwd=tmp_path) as run:
+    with Run([*ARGS, "--rounds", "2", "--engine", engine], tmp_path / "run", cwd=tmp_path) as run:
         assert run.wait(240) == 0, run.report()
         returned = time.time()
         run.assert_no_orphans()

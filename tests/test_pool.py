@@ -22,8 +22,8 @@ from tests.runs import Run, alive, cmdline, read_summary, rounds, wait_until
 
 pytestmark = pytest.mark.e2e
 
-POOL = ["--dataset", "synthetic", "--model", "cnn", "--limit-test", "200", "--gpus", "cpu",
-        "--headless", "--round-timeout", "120"]
+POOL = ["--engine", "deployment", "--dataset", "synthetic", "--model", "cnn", "--limit-test", "200",
+        "--gpus", "cpu", "--headless", "--round-timeout", "120"]
 
 
 def holds_torch(proc: psutil.Process) -> bool:

@@ -13,11 +13,17 @@ from tests.runs import SMALL, Run, rounds, run_cli
 pytestmark = pytest.mark.e2e
 
 
+ENGINES = ["simulation", pytest.param("deployment", marks=pytest.mark.slow)]
+SERVER_LOG = {"simulation": "simulation.log", "deployment": "server.log"}
+
+
 @pytest.mark.timeout(240)
-def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path, engine: str) -> None:
     # Prepare: a 4-round run stopped with SIGINT once round 2 is done
     out = tmp_path / "run"
-    with Run(["--clients", "2", "--rounds", "4", "--headless", *SMALL], out, tmp_path) as run:
+    with Run(["--clients", "2", "--rounds", "4", "--headless", "--engine", engine, *SMALL], out,
+             tmp_path) as run:
         run.wait_for_event("round", round=2)
         run.send(signal.SIGINT)
         assert run.wait() == 130
@@ -26,11 +32,12 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> Non
     assert done_before[:2] == [1, 2]
 
     # Execute
-    resumed = run_cli(["--resume", str(out), "--headless"], tmp_path, timeout=180)
+    resumed = run_cli(["--resume", str(out), "--headless", "--engine", engine], tmp_path,
+                      timeout=180)
 
     # Assert: rounds go on after the checkpoint, at most the interrupted round is redone
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
-    assert "resuming after round" in (out / "logs" / "server.log").read_text()
+    assert "resuming after round" in (out / "logs" / SERVER_LOG[engine]).read_text()
     records = rounds(out)
     last_of = {r["round"]: r for r in records}
     assert sorted(last_of) == [1, 2, 3, 4]
@@ -63,11 +70,12 @@ def test_resume_refuses_changed_training_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_out_of_memory_client_is_named_with_its_device_and_a_hint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_out_of_memory_client_is_named_with_its_device_and_a_hint(tmp_path: Path, engine: str) -> None:
     out = tmp_path / "run"
 
     result = run_cli(["--clients", "2", "--rounds", "2", "--batch-size", "64", "--headless",
-                      "--out", str(out), *SMALL], tmp_path, timeout=170,
+                      "--engine", engine, "--out", str(out), *SMALL], tmp_path, timeout=170,
                      env={"FEDLAUNCH_SIMULATE_OOM": "1"})
 
     # Out of memory repeats every round with the same settings: the run stops at once, exit 1.
@@ -86,8 +94,8 @@ def test_warm_and_stock_executors_give_the_same_results(tmp_path: Path) -> None:
     results = {}
     for executor in ("warm", "stock"):
         out = tmp_path / executor
-        done = run_cli(["--clients", "2", "--rounds", "2", "--headless", "--executor", executor,
-                        "--out", str(out), *SMALL], tmp_path, timeout=200)
+        done = run_cli(["--clients", "2", "--rounds", "2", "--headless", "--engine", "deployment",
+                        "--executor", executor, "--out", str(out), *SMALL], tmp_path, timeout=200)
         assert done.returncode == 0, done.stdout[-3000:]
         results[executor] = [(r["round"], r["accuracy"], r["loss"], r["train_loss"])
                              for r in rounds(out)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedcore.config import RunConfig
 from fedcore.rundir import PROGRESS
-from launcher.kinds import RunMode
+from launcher.kinds import Engine, RunMode
 from launcher.network.runtime_secret import FLAG as SECRET_FLAG
 from launcher.network.runtime_secret import secret_path
 from launcher.planning.bundle import toml_table
@@ -38,11 +38,14 @@ class Plan:
     root_certificates: str = ""  # the CA `flwr run` and local clients trust; "" = no TLS
     node_keys: tuple[str, ...] = ()  # public keys to register before any SuperNode starts
     workers_why: str = ""  # with a worker pool: why K workers (for --dry-run)
+    engine: Engine = "deployment"
 
     @property
     def pooled(self) -> tuple[int, ...]:
-        """The partition ids of the clients on a worker pool's client host (none without one)."""
-        return tuple(c for spec in self.processes if spec.role == "clienthost" for c in spec.clients)
+        """The partition ids of the clients served by a worker pool: on its client host, or the
+        simulation engine's virtual nodes (none without a pool)."""
+        return tuple(c for spec in self.processes if spec.role in ("clienthost", "simulation")
+                     for c in spec.clients)
 
     @property
     def pool_clients(self) -> int:
@@ -73,10 +76,22 @@ class Plan:
                if self.mode == "federated" else f"{self.cfg.epochs} epochs"),
             f"devices: {where}",
         ]
+        if self.mode != "local":
+            lines.append(f"engine: {self.engine}" + (
+                " (Flower's simulation loop in one process: virtual nodes, no SuperLink)"
+                if self.engine == "simulation" else " (a Flower SuperLink and real SuperNodes)"))
         if self.superlink_address:
             tls = f" (TLS, trusting {self.root_certificates})" if self.root_certificates else ""
             lines.append(f"superlink: {self.superlink_address}{tls}")
-        if self.pool_clients:
+        if self.engine == "simulation":
+            ids = self.pooled
+            lines.append(f"clients: {len(ids)} virtual Flower nodes (partition-id {ids[0]}-"
+                         f"{ids[-1]}) in the simulation process")
+            lines.append(f"workers: {len(self.placement.client_gpu)} ({self.workers_why}), forked "
+                         "by the simulation process; each trains any sampled client")
+            lines.extend(f"  worker-{k:<3}  {'cpu' if g is None else f'GPU {g}'}"
+                         for k, g in enumerate(self.placement.client_gpu))
+        elif self.pool_clients:
             workers = [p for p in self.processes if p.role == "worker"]
             ids = self.pooled
             lines.append(f"clients: {len(ids)} Flower SuperNodes (partition-id "
@@ -228,6 +243,18 @@ def federated_plan(
     specs.append(submit_spec(run_dir))
     return Plan("federated", cfg, run_dir, placement, tuple(specs), address, max_restarts,
                 workers_why=workers_why if pool else "")
+
+
+def simulation_plan(cfg: RunConfig, run_dir: Path, placement: Placement, *, workers: int,
+                    workers_why: str, max_restarts: int = 3) -> Plan:
+    """The simulation engine: one process holding the ServerApp and the virtual nodes, and the
+    K workers it forks, pinned by `placement` (one slot per worker)."""
+    from launcher.planning.pool import simulation_specs
+
+    specs = simulation_specs(run_dir, cfg.clients, placement, FLWR_ENV, cpu_threads(workers),
+                             max_restarts)
+    return Plan("federated", cfg, run_dir, placement, tuple(specs), "", max_restarts,
+                workers_why=workers_why, engine="simulation")
 
 
 def local_plan(cfg: RunConfig, run_dir: Path, placement: Placement) -> Plan:

@@ -2,7 +2,9 @@
 
 With K < N the clients are cheap endpoints forked by one client host (launcher.shim.clienthost)
 and K warm workers (launcher.shim.worker), pinned round-robin over --gpus like clients, train
-whichever client's task waits. With K == N each client keeps its own warm executor.
+whichever client's task waits. With K == N each client keeps its own warm executor. The
+simulation engine (docs/ENGINES.md) has its own default K and one process that forks its workers
+(choose_simulation_workers, simulation_specs).
 """
 
 from __future__ import annotations
@@ -129,3 +131,54 @@ def pool_specs(run_dir: Path, partitions: range, num_partitions: int, superlink:
             gpu=gpu_id, restartable=True,
         ))
     return specs
+
+
+SIM_WORKERS_PER_CORE = 1  # the simulation engine on the CPU: one worker per core (docs/ENGINES.md)
+SIM_WORKERS_PER_GPU = 2  # ... and on a GPU: two, so one loads its task while the other trains
+
+
+def choose_simulation_workers(clients: int, requested: int | None, gpus: tuple[GpuInfo, ...],
+                              per_worker_bytes: int, per_gpu: int | None,
+                              cores: int | None = None) -> WorkerChoice:
+    """K for the simulation engine: --workers, else one per core on the CPU (2 workers on 2 cores
+    beat 4: each holds the data set and competes for the cores; docs/PERFORMANCE.md), else
+    SIM_WORKERS_PER_GPU per GPU (or --workers-per-gpu) while they fit in its free memory; never
+    more than the clients."""
+    if requested is not None:
+        return choose_workers(clients, requested, gpus, per_worker_bytes, per_gpu, cores)
+    if not gpus:
+        cores = cores or os.cpu_count() or 1
+        k = min(clients, max(1, SIM_WORKERS_PER_CORE * cores))
+        return WorkerChoice(k, f"one per core ({cores} cores)" if k < clients else
+                            f"one per client ({clients} clients, {cores} cores)")
+    each = per_gpu if per_gpu is not None else SIM_WORKERS_PER_GPU
+    fits = [each if gpu.memory_free is None else max(1, min(each, gpu.memory_free //
+                                                            max(1, per_worker_bytes)))
+            for gpu in gpus]
+    k = min(clients, sum(fits))
+    return WorkerChoice(k, f"{each} per GPU" + (" (fewer where free memory is short)"
+                                                 if sum(fits) < each * len(gpus) else "")
+                        + (f", capped by {clients} clients" if k < sum(fits) else ""))
+
+
+def simulation_specs(run_dir: Path, clients: int, placement: Placement, flwr_env: dict[str, str],
+                     threads: dict[str, str], max_restarts: int) -> list[ProcessSpec]:
+    """The simulation engine's one process (launcher.shim.simhost) on the server's GPU; its
+    workers, forked inside it, are pinned round-robin over the placement's GPUs like pool
+    workers (CUDA_VISIBLE_DEVICES by UUID)."""
+    orders = []
+    for k, gpu_id in enumerate(placement.client_gpu):
+        gpu = next((g for g in placement.gpus if g.index == gpu_id), None)
+        orders.append({"name": f"worker-{k}", "gpu": "cpu" if gpu_id is None else str(gpu_id),
+                       "env": {**client_env(gpu), **threads}})
+    server_gpu = placement.gpus[0] if placement.gpus else None
+    import json
+
+    return [ProcessSpec(
+        name="simulation", role="simulation",
+        argv=(sys.executable, "-m", "launcher.shim.simhost", "--run-dir", str(run_dir),
+              "--socket", str(pool_socket(run_dir)), "--max-restarts", str(max_restarts),
+              "--workers-json", json.dumps(orders, separators=(",", ":"))),
+        env={**flwr_env, "FLWR_HOME": str(run_dir / "flwr" / "simulation"), **client_env(server_gpu)},
+        clients=tuple(range(clients)),
+    )]

@@ -17,11 +17,11 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from fedcore.partition_spec import parse_partition
 from fedcore.rundir import CONFIG, PROGRESS, RunDir, refuse_symlinks
-from launcher.kinds import Executor, RunMode
+from launcher.kinds import Engine, Executor, RunMode
 from launcher.planning.gpus import Nvml
 from launcher.planning.placement import Placement, parse_gpus, plan_placement
-from launcher.planning.plan import Plan, federated_plan, local_plan, port_in_use
-from launcher.planning.pool import WorkerChoice, choose_workers
+from launcher.planning.plan import Plan, federated_plan, local_plan, port_in_use, simulation_plan
+from launcher.planning.pool import WorkerChoice, choose_simulation_workers, choose_workers
 
 # The most training images each data set can have: more clients than this can never get data
 # (fedcore.synthetic.SYNTHETIC_TRAIN; numpy is imported only when the data is checked).
@@ -48,6 +48,7 @@ class LaunchOptions:
     resume: bool = False
     numbered: bool = False  # the run folder is runs/<timestamp>: take the next free name
     check_data: bool = True  # a join without --dataset: the server's run names the data
+    engine: Engine = "deployment"  # the CLI's default is resolved in launcher.cli.choose_engine
 
 
 def say(text: str) -> None:
@@ -145,7 +146,17 @@ def make_plan(
     nvml = nvml or Nvml()
     here = 1 if local else cfg.clients if local_clients is None else local_clients
     choice = None
-    if not local and here > 0 and opts.executor == "warm":  # this machine's clients: a pool?
+    simulation = opts.engine == "simulation" and not local and remote is None
+    if simulation:
+        if opts.executor != "warm":
+            raise UsageError("--executor stock goes with --engine deployment (the simulation "
+                             "engine's workers always stay warm)")
+        seen = plan_placement(here, request, nvml)
+        choice = choose_simulation_workers(here, opts.workers, seen.gpus,
+                                           client_footprint(cfg.model, cfg.batch_size),
+                                           opts.clients_per_gpu)
+        here = choice.workers
+    elif not local and here > 0 and opts.executor == "warm":  # this machine's clients: a pool?
         seen = plan_placement(here, request, nvml)  # which GPUs, how much is free
         choice = choose_workers(here, opts.workers, seen.gpus,
                                 client_footprint(cfg.model, cfg.batch_size), opts.clients_per_gpu)
@@ -164,6 +175,9 @@ def make_plan(
             return remote(cfg, run_dir, placement, choice)
         if local:
             return local_plan(cfg, run_dir, placement)
+        if simulation and choice is not None:
+            return simulation_plan(cfg, run_dir, placement, workers=choice.workers,
+                                   workers_why=choice.why, max_restarts=opts.max_restarts)
         return federated_plan(cfg, run_dir, placement, max_restarts=opts.max_restarts,
                               superlink_port=port, executor=opts.executor,
                               workers=choice.workers if choice else None,

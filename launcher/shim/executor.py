@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
     import torch  # noqa: F401  - warm up while the SuperNode connects
     import torchvision  # noqa: F401
-    from flwr.common.logger import log
+    from flwr.common import log
 
     fast_object_pulls()
     launcher = os.getppid()

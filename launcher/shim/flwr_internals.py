@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # the types mypy sees; at run time each is looked up on first
     from flwr.common.config import get_project_dir as get_project_dir
     from flwr.common.constant import ErrorCode as ErrorCode
     from flwr.common.constant import SubStatus as SubStatus
+    from flwr.common.serde import message_from_proto as message_from_proto
+    from flwr.common.serde import message_to_proto as message_to_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage  # noqa: F401
     from flwr.proto.runtime_pb2 import AcquireTaskRequest as AcquireTaskRequest
     from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest as SendTaskHeartbeatRequest
     from flwr.supercore.constant import TaskType as TaskType
@@ -54,6 +57,9 @@ NAMES: dict[str, tuple[str, str]] = {
     "get_project_dir": ("flwr.common.config", "get_project_dir"),
     "ErrorCode": ("flwr.common.constant", "ErrorCode"),
     "SubStatus": ("flwr.common.constant", "SubStatus"),
+    "message_to_proto": ("flwr.common.serde", "message_to_proto"),
+    "message_from_proto": ("flwr.common.serde", "message_from_proto"),
+    "ProtoMessage": ("flwr.proto.message_pb2", "Message"),
     "AcquireTaskRequest": ("flwr.proto.runtime_pb2", "AcquireTaskRequest"),
     "SendTaskHeartbeatRequest": ("flwr.proto.runtime_pb2", "SendTaskHeartbeatRequest"),
     "TaskType": ("flwr.supercore.constant", "TaskType"),
@@ -82,6 +88,34 @@ NAMES: dict[str, tuple[str, str]] = {
     "supernode_pull_objects": ("flwr.supernode.start_client_internal", "pull_objects"),
     "grid_pull_objects": ("flwr.superlink.grid.http_grid", "pull_objects"),
 }
+
+# The Simulation Engine's one seam (launcher.shim.simhost): Flower's `start_vce` imports its
+# backend as `from .backend.raybackend import RayBackend` when the simulation starts, so a module
+# put under that name in sys.modules supplies fedlaunch's backend and Ray is never imported.
+RAYBACKEND_MODULE = "flwr.server.superlink.fleet.vce.backend.raybackend"
+BACKEND_IMPORT = ("flwr.server.superlink.fleet.vce.vce_api", "start_vce",
+                  "from .backend.raybackend import RayBackend")
+
+
+def install_simulation_backend(backend_class: type) -> None:
+    """Make Flower's simulation loop instantiate `backend_class(backend_config)` instead of Ray's
+    backend (Flower calls its build, num_workers, process_message and terminate)."""
+    import sys
+    import types
+
+    stand_in = types.ModuleType(RAYBACKEND_MODULE)
+    stand_in.RayBackend = backend_class  # type: ignore[attr-defined]
+    sys.modules[RAYBACKEND_MODULE] = stand_in
+
+
+def backend_seam_intact() -> bool:
+    """Whether this flwr's `start_vce` still imports its backend where the seam expects it."""
+    import inspect
+
+    module_name, function, line = BACKEND_IMPORT
+    source = inspect.getsource(getattr(importlib.import_module(module_name), function))
+    return line in source
+
 
 # (module, attribute) pairs, as listed above.
 REQUIRED: tuple[tuple[str, str], ...] = tuple(NAMES.values())

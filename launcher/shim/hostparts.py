@@ -110,9 +110,25 @@ def write_pool_status(run_dir: Path, queue: Iterable[dict[str, Any]], workers: l
                     for c, e in endpoints.items()},
         "failed": sorted(failed),
     }
+    write_pool_json(run_dir, status)
+
+
+def write_pool_json(run_dir: Path, status: dict[str, Any]) -> None:
+    """pool.json, written whole, then renamed (the launcher never reads half of one)."""
     tmp = run_dir / ".pool.json.tmp"
     tmp.write_text(json.dumps(status))
     os.replace(tmp, run_dir / "pool.json")
+
+
+def train_figures(reply: Any, config: Any) -> dict[str, float]:
+    """Images trained and training seconds, from a train reply's metrics."""
+    try:
+        metrics = reply.content["metrics"]
+        epochs = int(config.get("local-epochs", 1)) if config is not None else 1
+        return {"images": float(metrics["num-examples"]) * epochs,
+                "seconds": float(metrics["train-seconds"])}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
 
 
 def owner_only_listener(path: Path) -> socket.socket:
@@ -156,7 +172,6 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
 def preload(idle_wait: float, rung: bool = False) -> None:
     """Import and patch the SuperNode once, here, so that every forked client shares it."""
-    import flwr.supernode.cli.flower_supernode  # noqa: F401
     import flwr.supernode.main  # noqa: F401  - the runtime API app, imported when it starts
     import flwr.supernode.start_client_internal as loop
     import httpx  # noqa: F401
@@ -166,7 +181,7 @@ def preload(idle_wait: float, rung: bool = False) -> None:
     from launcher.shim import flwr_internals as fi
     from launcher.shim import supernode
 
-    for name in fi.NAMES:
+    for name in fi.NAMES:  # the SuperNode CLI's module among them
         getattr(fi, name)
     supernode.IDLE_WAIT = idle_wait
     loop.time = supernode.PromptTime(  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from typing import Any
 
 from launcher.shim.endpoint import Wire
 from launcher.shim.executor import Executor, fast_object_pulls
+from launcher.shim.hostparts import train_figures
 
 CONNECT_PATIENCE = 120.0  # the client host may start after the workers (or restart)
 SHARED_DATA = "FEDLAUNCH_SHARED_DATA"
@@ -108,17 +109,6 @@ def keep_pulled_objects() -> ObjectCache:
     return cache
 
 
-def train_figures(reply: Any, config: Any) -> dict[str, float]:
-    """Images trained and training seconds, from a train reply's metrics."""
-    try:
-        metrics = reply.content["metrics"]
-        epochs = int(config.get("local-epochs", 1)) if config is not None else 1
-        return {"images": float(metrics["num-examples"]) * epochs,
-                "seconds": float(metrics["train-seconds"])}
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return {}
-
-
 def connect(path: str, parent: int) -> socket.socket:
     """The host's socket, retried while the host (re)starts and the launcher lives."""
     deadline = time.monotonic() + CONNECT_PATIENCE
@@ -163,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
     import torch  # noqa: F401  - warm up before the first task
     import torchvision  # noqa: F401
-    from flwr.common.logger import log
+    from flwr.common import log
 
     fast_object_pulls()
     cache = keep_pulled_objects()

@@ -40,6 +40,9 @@ ROLES: dict[str, Role] = {
     "worker": Role("client"),
     "submit": Role("lifeline", after_link=True, after_keys=True),  # `flwr run`
     "local": Role("lifeline"),
+    # the simulation engine (shim/simhost.py): the ServerApp, the virtual nodes and the workers
+    # it forks, in one process tree; the run is over when it ends
+    "simulation": Role("lifeline"),
 }
 UNKNOWN = Role("fatal")
 

@@ -89,8 +89,9 @@ class Supervisor:
         self.rundir = RunDir(plan.run_dir)
         self._unechoed = {p.name for p in plan.processes if not role(p.role).echo}
         self._refused = ""  # the last line refusing a task token (see _serverapp_tail)
-        self.follower = RunFollower(plan.run_dir, plan.client_gpus, log_files={
-            f"client-{c}": plan.run_dir / "logs" / f"client-{c}.log" for c in plan.pooled})
+        self.follower = RunFollower(plan.run_dir, plan.client_gpus, log_files={  # SuperNodes' own
+            f"client-{c}": plan.run_dir / "logs" / f"client-{c}.log" for c in plan.pooled
+            if plan.engine == "deployment"})
         self.processes: dict[str, ManagedProcess] = {}
         self.restarts: dict[str, int] = {}
         self.departures = Departures(self.rundir)
