@@ -113,7 +113,8 @@ class GpuSample:
     utilization: int | None  # percent; None when NVML cannot tell
     memory_used: int | None  # bytes; None when NVML cannot tell
     memory_total: int | None  # bytes
-    pids: tuple[int, ...] = ()
+    pids: tuple[int, ...] = ()  # host pids with a compute context on it
+    process_memory: dict[int, int | None] = field(default_factory=dict)  # pid: bytes, None = unknown
 
 
 @dataclass(frozen=True)
