@@ -113,6 +113,10 @@ class ProgressFile:
         self.path = Path(folder) / f"client-{partition_id}.json" if folder else None
         self.client = partition_id
         self.node_id = node_id
+        # A pool worker trains any client: its GPU (the physical NVML id) goes into the record.
+        worker_gpu = os.environ.get("FEDLAUNCH_WORKER_GPU")
+        self.gpu: dict[str, int | None] = {} if worker_gpu is None else {
+            "gpu": int(worker_gpu) if worker_gpu.isdigit() else None}
 
     def write(self, state: str, **fields: Any) -> None:
         if self.path is None:
@@ -120,7 +124,7 @@ class ProgressFile:
         try:
             write_json_atomic(self.path, {
                 "client": self.client, "state": state, "pid": os.getpid(), "node_id": self.node_id,
-                "time": round(time.time(), 3), **fields,
+                "time": round(time.time(), 3), **self.gpu, **fields,
             })
         except OSError:
             self.path = None  # a remote client without the run folder: progress stays local
