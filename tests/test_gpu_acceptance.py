@@ -78,6 +78,47 @@ def test_unknown_steps_are_refused(tmp_path: Path) -> None:
     assert "--steps: unknown ['nope']" in done.stderr
 
 
+def test_the_default_deadline_lets_every_step_run_its_whole_budget(tmp_path: Path) -> None:
+    gpu = acceptance.parse_args([str(tmp_path)])
+    cpu = acceptance.parse_args([str(tmp_path), "--dry-run-cpu"])
+    two = acceptance.parse_args([str(tmp_path), "--steps", "env,plan"])
+
+    budgets = {name: gpu_budget for name, _, gpu_budget, _, _ in acceptance.STEPS}
+    assert gpu.deadline == sum(budgets.values()) + acceptance.CLEANUP_RESERVE * len(budgets) >= 995
+    assert cpu.deadline == sum(b for *_, b, _ in acceptance.STEPS) + acceptance.CLEANUP_RESERVE * 10
+    assert two.deadline == budgets["env"] + budgets["plan"] + 2 * acceptance.CLEANUP_RESERVE
+
+
+def test_a_deadline_shorter_than_the_steps_budgets_is_refused(tmp_path: Path) -> None:
+    done = script(str(tmp_path / "out"), "--deadline", "450")
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "--deadline 450: the chosen steps need 1145 s (their budgets plus 15 s cleanup each); raise "
+        "it or choose fewer --steps")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gpu_nvml_sees_but_torch_cannot_use_fails_with_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    why = ("GPU NVIDIA H200 (GPU-aaaa) is this process's GPU but CUDA cannot use it: torch "
+           "2.14.1+cu130 (CUDA 13.0) needs NVIDIA driver 580+ and the driver is 550.54.15; ...")
+    monkeypatch.setattr(acceptance, "nvml_facts", lambda gpu: ({"gpu_uuid": "GPU-aaaa"}, None))
+    seen: dict[str, str] = {}
+
+    def torch_facts(env: dict[str, str]) -> dict[str, Any]:
+        seen.update(env)
+        return {"torch": "2.14.1+cu130", "cuda": "13.0", "available": False, "count": 0, "why": why}
+
+    monkeypatch.setattr(acceptance, "torch_facts", torch_facts)
+
+    code = acceptance.main([str(tmp_path)])
+
+    assert code == 1
+    assert capsys.readouterr().out == f"gpu_acceptance: FAIL: NVML sees GPU 0 but {why}\n"
+    assert (seen["CUDA_VISIBLE_DEVICES"], seen["CUDA_DEVICE_ORDER"]) == ("GPU-aaaa", "PCI_BUS_ID")
+
+
 @pytest.mark.timeout(240)
 def test_cpu_dry_run_runs_real_steps_and_writes_log_results_and_rows(tmp_path: Path) -> None:
     out = tmp_path / "out"
