@@ -103,3 +103,11 @@ def test_bf16_only_from_compute_capability_8_0(monkeypatch: pytest.MonkeyPatch, 
     (ValueError("out of memory"), False)])
 def test_out_of_memory_is_known_by_type_and_by_message(exc: BaseException, oom: bool) -> None:
     assert dev.is_oom(exc) is oom
+
+
+def test_the_gpu_tests_fixed_batch_check_holds_on_the_cpu() -> None:
+    from tests.test_gpu_real import fixed_batch_losses
+
+    before, after = fixed_batch_losses(torch.device("cpu"))
+
+    assert after < 0.8 * before, (before, after)  # the bound tests/test_gpu_real.py asserts on CUDA
