@@ -34,9 +34,10 @@ class WorkerChoice:
 
 def choose_workers(clients: int, requested: int | None, gpus: tuple[GpuInfo, ...],
                    per_worker_bytes: int, per_gpu: int | None,
-                   cores: int | None = None) -> WorkerChoice:
-    """--workers, or one worker per client while that fits: in each GPU's free memory (and
-    --workers-per-gpu), or, on the CPU, in max(4, 2 x cores) processes."""
+                   cores: int | None = None, server_bytes: int = 0) -> WorkerChoice:
+    """--workers, or one worker per client while that fits: in each GPU's free memory (the first
+    GPU's less `server_bytes`, the ServerApp's) and --workers-per-gpu, or, on the CPU, in
+    max(4, 2 x cores) processes."""
     if requested is not None:
         if requested < 1:
             raise UsageError(f"--workers must be at least 1, got {requested}")
@@ -56,8 +57,9 @@ def choose_workers(clients: int, requested: int | None, gpus: tuple[GpuInfo, ...
         return WorkerChoice(cap, f"capped by the CPU: {cores} cores, at most {cap} workers "
                             f"({CPU_WORKERS_PER_CORE} per core, at least {CPU_WORKERS_FLOOR})")
     fits = []
-    for gpu in gpus:
-        room = clients if gpu.memory_free is None else gpu.memory_free // max(1, per_worker_bytes)
+    for position, gpu in enumerate(gpus):
+        free = None if gpu.memory_free is None else gpu.memory_free - (server_bytes if position == 0 else 0)
+        room = clients if free is None else max(0, free) // max(1, per_worker_bytes)
         fits.append(min(room, per_gpu) if per_gpu is not None else room)
     total = max(len(gpus), sum(fits))  # at least one per GPU; the memory warning tells the rest
     if clients <= total:
