@@ -122,3 +122,61 @@ async def test_an_unplaced_pooled_client_shows_no_gpu_until_a_worker_trains_it()
         shown = [str(table.get_cell(str(c), "gpu")).strip() for c in range(2)]
 
     assert shown == ["-", "1"]
+
+
+# --- the supervisor: memory per process tree, and NVML's host pids in a container ---------------
+
+def supervised_on_a_fake_gpu(tmp_path: Path, lib: FakeNvml, own_pids_listed: bool) -> list[object]:
+    """A 2-client run of tiny scripts (tests/test_supervisor.py) planned on GPU 0 of `lib`; with
+    `own_pids_listed`, NVML lists each client's pid as it starts (700 MiB each)."""
+    import asyncio
+    import dataclasses
+
+    from launcher.events import EventBus
+    from launcher.planning.gpus import GpuInfo
+    from launcher.planning.placement import Placement
+    from launcher.planning.plan import free_port
+    from launcher.supervision.supervisor import Supervisor
+    from tests.test_supervisor import CLIENT, LINK, SUBMIT, federated_plan, scripts
+
+    port = free_port()
+    factory = scripts(tmp_path, port, superlink=(LINK, str(port), "0", "600", "0"),
+                      client_0=(CLIENT, "serve"), client_1=(CLIENT, "serve"),
+                      server=(SUBMIT, str(tmp_path / "metrics.jsonl"), "8", "linger"))
+    plan = federated_plan(tmp_path, port)
+    gpu = GpuInfo(0, "GPU-00000000-fake-uuid", "NVIDIA H200", 140 * GB, 100 * GB)
+    plan = dataclasses.replace(plan, placement=Placement((gpu,), (0, 0)), processes=tuple(
+        dataclasses.replace(s, gpu=0) if s.role == "supernode" else s for s in plan.processes))
+    bus, events = EventBus(), []
+    bus.subscribe(events.append)
+
+    def listed(event: object) -> None:
+        if own_pids_listed and isinstance(event, ProcessStarted) and event.role == "supernode":
+            lib.gpus[0].pids += (event.pid,)
+            lib.gpus[0].process_memory[event.pid] = 700 * MIB
+
+    bus.subscribe(listed)
+    supervisor = Supervisor(plan, bus, nvml=Nvml(lib), factory=factory, stop_timeout=1.0,
+                            gpu_interval=0.1)
+    assert asyncio.run(supervisor.run()) == 0
+    return events
+
+
+def test_the_supervisor_reports_each_clients_gpu_memory(tmp_path: Path) -> None:
+    from launcher.events import Notice
+
+    events = supervised_on_a_fake_gpu(tmp_path, FakeNvml([FakeGpu(pids=(4242,))]), True)
+
+    held = [e.held for e in events if isinstance(e, GpuStats) and e.held]
+    assert held and held[-1] == {"client-0": 700 * MIB, "client-1": 700 * MIB}
+    assert not [e for e in events if isinstance(e, Notice) and "host pids" in e.text]
+
+
+def test_nvml_listing_none_of_the_runs_pids_is_said_once_as_a_note(tmp_path: Path) -> None:
+    from launcher.events import Notice
+
+    events = supervised_on_a_fake_gpu(tmp_path, FakeNvml([FakeGpu(pids=(4242, 4243))]), False)
+
+    notes = [e for e in events if isinstance(e, Notice) and "host pids" in e.text]
+    assert len(notes) == 1 and notes[0].level == "info"
+    assert all(not e.held for e in events if isinstance(e, GpuStats))

@@ -268,7 +268,7 @@ class Supervisor:
                   for pid in (proc.pid, *proc.known) if pid is not None}
         stats = gpu_stats(self.plan, self.nvml, owners)
         self.bus.publish(stats)
-        if self._pid_note_said or stats.held or not any(  # asked once a round has trained
+        if self._pid_note_said or stats.held or not stats.samples or not any(  # once a round trained
                 r.get("event") == "round" for r in self.follower.records):
             return
         note = pid_namespace_note(stats.samples, owners)
