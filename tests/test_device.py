@@ -105,6 +105,7 @@ def test_out_of_memory_is_known_by_type_and_by_message(exc: BaseException, oom: 
     assert dev.is_oom(exc) is oom
 
 
+@pytest.mark.slow  # 10 CNN steps: seconds on an idle machine, half a minute on a loaded one
 def test_the_gpu_tests_fixed_batch_check_holds_on_the_cpu() -> None:
     from tests.test_gpu_real import fixed_batch_losses
 
