@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from launcher.planning.gpus import Nvml, other_pid_namespace
 from tests.runs import Run, describe
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ def bench_args(ctx: Context, clients: int, model: str, batch: int) -> list[str]:
 
 # --- what NVML and the run folder say -----------------------------------------------------------
 
-_NVML: list[Any] = []
+_NVML: list[Any] = []  # the pynvml module (a fake in tests), initialised once
+_SESSIONS: dict[int, Nvml] = {}
 
 
 def _pynvml() -> Any:
@@ -81,30 +83,28 @@ def _pynvml() -> Any:
     return _NVML[0]
 
 
+def _nvml() -> Nvml:
+    """The launcher's NVML session over that module: v2 fallback, MIG instances, bytes per pid."""
+    lib = _pynvml()
+    if id(lib) not in _SESSIONS:
+        _SESSIONS.clear()
+        _SESSIONS[id(lib)] = Nvml(lib)
+    return _SESSIONS[id(lib)]
+
+
 def gpu_processes(ctx: Context) -> dict[int, int | None]:
     """pid -> bytes of memory it holds on the tested GPU, by NVML ({} in the CPU dry run)."""
     if ctx.cpu:
         return {}
-    nv = _pynvml()
-    handle = nv.nvmlDeviceGetHandleByIndex(ctx.gpu_id)
-    missing = getattr(nv, "NVML_VALUE_NOT_AVAILABLE_ulonglong", None)
-    missing = getattr(missing, "value", missing)
-    try:
-        procs = nv.nvmlDeviceGetComputeRunningProcesses(handle)
-    except nv.NVMLError:  # an older driver lacks the _v3 call the plain name maps to
-        procs = nv.nvmlDeviceGetComputeRunningProcesses_v2(handle)
-    found: dict[int, int | None] = {}
-    for p in procs:
-        used = p.usedGpuMemory
-        found[int(p.pid)] = None if used is None or used == missing else int(used)
-    return found
+    return _nvml().processes(ctx.gpu_id)
 
 
 def gpu_memory(ctx: Context) -> tuple[int, int]:
-    """(used, free) bytes on the tested GPU now."""
-    nv = _pynvml()
-    info = nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(ctx.gpu_id))
-    return int(info.used), int(info.free)
+    """(used, free) bytes on the tested GPU (its MIG instance, in MIG mode) now."""
+    sample = _nvml().sample([ctx.gpu_id])[0]
+    if sample.memory_used is None or sample.memory_total is None:
+        raise StepFailed(f"NVML cannot read GPU {ctx.gpu_id}'s memory")
+    return sample.memory_used, sample.memory_total - sample.memory_used
 
 
 def progress(out: Path, client: int) -> dict[str, Any]:
@@ -147,14 +147,15 @@ def check_on_gpu(ctx: Context, pids: dict[str, int]) -> None:
     listed = gpu_processes(ctx)
     ctx.log(f"NVML GPU {ctx.gpu_id} processes (pid: MiB): "
             + ", ".join(f"{p}: {'?' if m is None else m // 2**20}" for p, m in sorted(listed.items())))
+    if other_pid_namespace(want, set(listed)) is not None and len(listed) >= len(want):
+        ctx.note(f"{other_pid_namespace(want, set(listed))}; counted {len(listed)} processes instead")
+        return  # a container: not a failure
     for who, pid in sorted(pids.items()):
         held = listed.get(pid)
         said = ("not listed" if pid not in listed else "NVML gives no memory for it" if held is None
                 else f"{held / 2**20:.0f} MiB")
         ctx.check(bool(held), f"{who} (pid {pid}) is in NVML's process list of GPU {ctx.gpu_id} "
                               f"with its own memory ({said})")
-    if not want & set(listed) and len(listed) >= len(want):
-        ctx.note("NVML lists other pids than the clients': a container's PID namespace may hide them")
 
 
 def check_released(ctx: Context, seen: set[int], baseline: int | None) -> None:
@@ -227,3 +228,33 @@ def parse_bench(text: str) -> dict[str, float]:
             if name and value:
                 found[name] = float(value)
     return found
+
+
+MEMORY_CELL = re.compile(r"^([\d.]+) (MiB|GiB)$")
+
+
+def memory_bytes(text: str) -> int | None:
+    """A clients-table memory cell (`812 MiB`, `1.4 GiB`) in bytes; None for `-` or other text."""
+    match = MEMORY_CELL.match(text.strip())
+    if match is None:
+        return None
+    return int(float(match.group(1)) * (2**20 if match.group(2) == "MiB" else 2**30))
+
+
+def check_client_memory(ctx: Context, shown: dict[int, str], pids: dict[int, int]) -> None:
+    """Each client row's GPU memory (`shown`: client -> its "GPU mem" cell) is what NVML says its
+    process (`pids`: client -> pid) holds, within 25% or 256 MiB (the screen is a moment earlier).
+    Where NVML's host pids match none of ours (a container), the table cannot know: a note."""
+    listed = gpu_processes(ctx)
+    note = other_pid_namespace(set(pids.values()), set(listed))
+    if note is not None and all(memory_bytes(text) is None for text in shown.values()):
+        ctx.note(f"per-client GPU memory not shown: {note}")
+        return
+    for client in sorted(pids):
+        text = shown.get(client, "(no row)")
+        seen, held = memory_bytes(text), listed.get(pids[client])
+        near = seen is not None and held is not None and abs(seen - held) <= max(MEMORY_SLACK, held // 4)
+        nvml = ("not listed" if pids[client] not in listed else "?" if held is None
+                else f"{held / 2**20:.0f} MiB")
+        ctx.check(near, f"client-{client}'s row shows its GPU memory: {text!r} (NVML: {nvml} "
+                        f"for pid {pids[client]})")

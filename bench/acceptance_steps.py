@@ -26,6 +26,7 @@ from acceptance_checks import (  # noqa: E402
     StepFailed,
     baseline,
     bench_args,
+    check_client_memory,
     check_nothing_left,
     check_on_gpu,
     check_pinned,
@@ -59,9 +60,16 @@ if TYPE_CHECKING:
 OOM_LEAVE = 6 * GIB  # free memory the out-of-memory step leaves on the GPU for its run
 BALLAST = ("import sys, time, torch; x = torch.empty(int(sys.argv[1]), dtype=torch.uint8, "
            "device='cuda'); torch.cuda.synchronize(); print('ready', flush=True); time.sleep(900)")
-CLIENT_ROW = re.compile(r"│\s*(\d+)\s+(cpu|remote|-|\d+)\s+(starting|connected|training|evaluating|"
-                        r"waiting|replied|restarting|failed|stopped)\b(.*)")
-MEMORY_TEXT = re.compile(r"\b\d+(?:\.\d+)?\s?(?:GiB|MiB|GB|MB)\b")
+# A clients-table row: client, GPU, "GPU mem" (once NVML tells it), state (launcher/tui/clients.py).
+CLIENT_ROW = re.compile(r"(?:│|^)\s*(\d+)\s+(cpu|remote|-|\d+)\s+(?:(-|[\d.]+ (?:MiB|GiB))\s+)?"
+                        r"(starting|connected|training|evaluating|waiting|replied|restarting|failed|"
+                        r"stopped)\b")
+
+
+def client_rows(text: str) -> dict[int, tuple[str, str, str]]:
+    """client -> (GPU, GPU memory or "-", state) for each clients-table row on a screen."""
+    return {int(m.group(1)): (m.group(2), m.group(3) or "-", m.group(4))
+            for line in text.splitlines() if (m := CLIENT_ROW.search(line))}
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -272,8 +280,7 @@ def step_tui(ctx: Context) -> None:
     def live(everyone: bool) -> str | None:
         """The screen while clients train (all of them, with `everyone`) and the GPU panel shows."""
         text = screen()
-        training = [m for line in text.splitlines()
-                    if (m := CLIENT_ROW.search(line)) and m.group(3) == "training"]
+        training = [c for c, (_, _, state) in client_rows(text).items() if state == "training"]
         panel = "CPU mode" in text if ctx.cpu else panel_text.search(text) is not None
         return text if panel and len(training) >= (clients if everyone else 1) else None
 
@@ -289,11 +296,11 @@ def step_tui(ctx: Context) -> None:
     (ctx.out / "tui-capture.txt").write_text(text)
     ctx.log(f"--- tmux capture ({size}) ---\n{text}")
     ctx.check(size == "160x48", f"the terminal is 160x48 ({size})")
-    rows = {int(m.group(1)): m for line in text.splitlines() if (m := CLIENT_ROW.search(line))}
+    rows = client_rows(text)
     where = "cpu" if ctx.cpu else str(ctx.gpu_id)
-    ctx.check(sorted(rows) == list(range(clients)) and all(m.group(2) == where for m in rows.values()),
+    ctx.check(sorted(rows) == list(range(clients)) and all(r[0] == where for r in rows.values()),
               f"{clients} client rows, each on GPU '{where}' (NVML's id): "
-              f"{ {c: m.group(2) for c, m in rows.items()} }")
+              f"{ {c: r[0] for c, r in rows.items()} }")
     if ctx.cpu:
         ctx.check("CPU mode" in text, "the GPU panel says CPU mode")
         ctx.note("per-GPU and per-client GPU memory: not applicable in the CPU dry run")
@@ -301,9 +308,8 @@ def step_tui(ctx: Context) -> None:
         panel = panel_text.search(text)
         ctx.check(panel is not None, f"the GPU panel shows GPU {ctx.gpu_id}'s utilisation and memory"
                   + (f": {panel.group(1)}%, {panel.group(2)}/{panel.group(3)} GiB" if panel else ""))
-        per_client = [c for c, m in rows.items() if MEMORY_TEXT.search(m.group(4))]
-        ctx.check(len(per_client) == clients,
-                  f"each client row shows its GPU memory ({len(per_client)} of {clients} rows do)")
+        pids = {c: int(p["pid"]) for c in range(clients) if (p := progress(out, c)).get("pid")}
+        check_client_memory(ctx, {c: r[1] for c, r in rows.items()}, pids)
     try:
         first = ctx.wait_until(lambda: next(iter(rounds(out)), None), "round 1 to finish",
                                300 if ctx.cpu else 60, 0.3, abort=exited)

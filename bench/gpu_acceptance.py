@@ -1,14 +1,17 @@
 """GPU acceptance (issue 15): one command that checks fedlaunch's GPU promises and records figures.
 
-    python bench/gpu_acceptance.py OUTDIR [--gpu 0] [--deadline 450] [--steps a,b,...]
+    python bench/gpu_acceptance.py OUTDIR [--gpu 0] [--deadline S] [--steps a,b,...]
     python bench/gpu_acceptance.py OUTDIR --dry-run-cpu      # the same plumbing on the CPU, tiny
 
 Writes OUTDIR/acceptance.log (everything measured, every check), results.json (steps, figures,
 machine), performance-rows.md (rows for docs/PERFORMANCE.md), tui-capture.txt, and one folder
 per step with the runs and outputs. Each step has its own time budget inside one global
 deadline; a step that fails or runs out of time is FAIL with its reason and the next one runs.
-Without an NVIDIA GPU (no NVML driver, or torch sees no CUDA device) it prints one line and
-exits 0. Exit code: 0 all passed (or skipped for want of a GPU), 1 some step failed.
+Without an NVIDIA GPU (NVML finds no driver or GPU) it prints one line and exits 0; where NVML
+sees the GPU but torch cannot use it (old driver, CPU build, wrong UUID) it prints why in one
+line and exits 1. The default --deadline is the chosen steps' budgets plus a cleanup reserve
+each; a shorter one is refused. Exit code: 0 all passed (or skipped for want of a GPU), 1 some
+step failed, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from tests.runs import alive, kill_tree  # noqa: E402
 
 FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 CLEANUP_RESERVE = 15.0  # seconds kept back from every step for killing what it started
-TORCH_PROBE = ("import json, torch; print(json.dumps({'torch': torch.__version__, "
+TORCH_PROBE = ("import json, torch; from fedcore.device import check_pinned_gpu; "
+               "print(json.dumps({'torch': torch.__version__, "
                "'cuda': torch.version.cuda, 'available': torch.cuda.is_available(), "
-               "'count': torch.cuda.device_count() if torch.cuda.is_available() else 0}))")
+               "'count': torch.cuda.device_count() if torch.cuda.is_available() else 0, "
+               "'why': check_pinned_gpu()}))")
 
 
 class StepTimeout(Exception):
@@ -270,9 +275,10 @@ def one_line(text: str, limit: int = 160) -> str:
 # --- the machine ------------------------------------------------------------------------------
 
 def torch_facts(env: dict[str, str]) -> dict[str, Any]:
-    """torch's version and CUDA view, asked in a child so this process holds no CUDA context."""
+    """torch's version and CUDA view, asked in a child (pinned as fedlaunch pins its clients, by
+    `env`) so this process holds no CUDA context; 'why' says why a pinned GPU is unusable."""
     done = subprocess.run([sys.executable, "-c", TORCH_PROBE], capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=120, cwd=ROOT)
     if done.returncode != 0:
         return {"torch": "?", "cuda": None, "available": False, "count": 0,
                 "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
@@ -287,18 +293,14 @@ def nvml_facts(gpu_id: int) -> tuple[dict[str, Any], str | None]:
     nvml = Nvml()
     if not nvml.available():
         return {}, f"no NVIDIA GPU ({nvml.unavailable_reason()})"
-    import pynvml  # type: ignore[import-untyped]
-
     devices = {g.index: g for g in nvml.devices()}
     if gpu_id not in devices:
         return {}, f"--gpu {gpu_id}: NVML lists GPUs {sorted(devices)} only"
     gpu = devices[gpu_id]
-    cuda = pynvml.nvmlSystemGetCudaDriverVersion()
-    driver = pynvml.nvmlSystemGetDriverVersion()  # bytes from older bindings
+    driver, cuda = nvml.driver()
     facts = {"gpu_name": gpu.name, "gpu_uuid": gpu.uuid, "gpu_count": len(devices),
              "memory_total": gpu.memory_total, "memory_free": gpu.memory_free,
-             "driver": driver.decode() if isinstance(driver, bytes) else str(driver),
-             "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}"}
+             "driver": driver or "?", "cuda_driver": cuda or "?"}
     nvml.shutdown()
     return facts, None
 
@@ -374,8 +376,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("outdir", type=Path, help="folder for the log, results and runs")
     parser.add_argument("--gpu", type=int, default=0, help="NVML id of the GPU to test (default 0)")
     parser.add_argument("--deadline", type=float, default=None,
-                        help="global limit in seconds, all steps together "
-                             "(default 450; 1200 with --dry-run-cpu)")
+                        help="global limit in seconds, all steps together (default and least: "
+                             "the chosen steps' budgets plus a cleanup reserve each)")
     parser.add_argument("--steps", default=",".join(STEP_NAMES),
                         help=f"comma list, in this order: {','.join(STEP_NAMES)}")
     parser.add_argument("--dry-run-cpu", action="store_true",
@@ -386,9 +388,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown or not wanted:
         parser.error(f"--steps: unknown {unknown}; choose from {','.join(STEP_NAMES)}")
     args.steps = wanted
+    need = steps_seconds(steps_for(wanted, args.dry_run_cpu))
     if args.deadline is None:
-        args.deadline = 1200.0 if args.dry_run_cpu else 450.0
+        args.deadline = need
+    elif args.deadline < need:  # a later step would be SKIP, and SKIP is a failure
+        parser.error(f"--deadline {args.deadline:g}: the chosen steps need {need:g} s (their "
+                     f"budgets plus {CLEANUP_RESERVE:g} s cleanup each); raise it or choose fewer "
+                     "--steps")
     return args
+
+
+def steps_seconds(steps: Sequence[Step]) -> float:
+    """The deadline that lets every step run its whole budget and clean up after it."""
+    return sum(step.budget + CLEANUP_RESERVE for step in steps)
+
+
+def say(ctx: Context, line: str, code: int) -> int:
+    """One line to the log and stdout; `code` back for main to return."""
+    ctx._log.write(line + "\n")
+    print(line)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -401,16 +420,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         nvml: dict[str, Any] = {}
         if not args.dry_run_cpu:
             nvml, why = nvml_facts(args.gpu)
-            torch = torch_facts(ctx.env()) if why is None else {}
-            if why is None and not torch.get("available"):
+            if why is not None:  # no GPU at all: nothing to accept here
+                return say(ctx, f"gpu_acceptance: skipped: {why}", 0)
+            torch = torch_facts(ctx.env({"CUDA_VISIBLE_DEVICES": nvml["gpu_uuid"],
+                                         "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}))
+            if not torch.get("available"):  # NVML sees the GPU, torch cannot use it: a failure
                 error = f"; {torch['error']}" if "error" in torch else ""
-                why = (f"torch {torch.get('torch')} sees no CUDA device "
-                       f"(built for CUDA {torch.get('cuda')}){error}")
-            if why is not None:
-                line = f"gpu_acceptance: skipped: {why}"
-                ctx._log.write(line + "\n")
-                print(line)
-                return 0
+                why = torch.get("why") or (f"torch {torch.get('torch')} sees no CUDA device "
+                                           f"(built for CUDA {torch.get('cuda')}){error}")
+                return say(ctx, f"gpu_acceptance: FAIL: NVML sees GPU {args.gpu} but {why}", 1)
         else:  # torch's version only: importing it here would cost seconds for nothing
             from importlib.metadata import version
 

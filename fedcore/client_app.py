@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedcore.config import RunConfig, from_run_config
+from fedcore.device import is_oom
 from fedcore.errors import UsageError
 from fedcore.models import build_model
 from fedcore.rundir import PROGRESS, write_json_atomic
@@ -110,6 +113,10 @@ class ProgressFile:
         self.path = Path(folder) / f"client-{partition_id}.json" if folder else None
         self.client = partition_id
         self.node_id = node_id
+        # A pool worker trains any client: its GPU (the physical NVML id) goes into the record.
+        worker_gpu = os.environ.get("FEDLAUNCH_WORKER_GPU")
+        self.gpu: dict[str, int | None] = {} if worker_gpu is None else {
+            "gpu": int(worker_gpu) if worker_gpu.isdigit() else None}
 
     def write(self, state: str, **fields: Any) -> None:
         if self.path is None:
@@ -117,7 +124,7 @@ class ProgressFile:
         try:
             write_json_atomic(self.path, {
                 "client": self.client, "state": state, "pid": os.getpid(), "node_id": self.node_id,
-                "time": round(time.time(), 3), **fields,
+                "time": round(time.time(), 3), **self.gpu, **fields,
             })
         except OSError:
             self.path = None  # a remote client without the run folder: progress stays local
@@ -131,12 +138,31 @@ def simulate_oom(partition_id: int) -> None:
             "CUDA out of memory. Tried to allocate 2.00 GiB (simulated by FEDLAUNCH_SIMULATE_OOM)")
 
 
-def device_memory(device: torch.device) -> dict[str, int]:
-    """Free and total memory of this process's GPU, in bytes; empty on the CPU."""
-    if device.type != "cuda":
+def device_memory() -> dict[str, int]:
+    """Free and total memory of this process's GPU, in bytes; empty on the CPU or when CUDA,
+    out of memory itself, cannot say."""
+    if not torch.cuda.is_available():
         return {}
-    free, total = torch.cuda.mem_get_info(device)
+    try:
+        free, total = torch.cuda.mem_get_info()
+    except RuntimeError:
+        return {}
     return {"memory_free": int(free), "memory_total": int(total)}
+
+
+@contextmanager
+def out_of_memory_named(progress: ProgressFile, server_round: int) -> Iterator[None]:
+    """Wherever CUDA memory is allocated (data preload, model move, weights, training,
+    evaluation, a worker's shared data): an out-of-memory, by type or by CUDA's, cuBLAS's or
+    cuDNN's message, marks this client failed with "out of memory", then goes on up."""
+    try:
+        yield
+    except Exception as exc:
+        if is_oom(exc):
+            progress.write("failed", round=server_round, error="out of memory",
+                           detail=(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300],
+                           **device_memory())
+        raise
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -153,16 +179,16 @@ def train(msg: Message, context: Context) -> Message:
     progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")),
                             context.node_id)
     progress.write("training", round=server_round, epochs=epochs)  # loading the round's model
-    state = state_or_fail(cfg, partition_id, num_partitions, progress, server_round)
-    load_record(state.model, msg.content.array_records["arrays"])
-    optimizer = make_optimizer(state.model, cfg, number(config.get("lr", cfg.lr)))
 
     def report(epoch: int, batch: int, batches: int, samples: int, loss: float | None) -> None:
         progress.write("training", round=server_round, epoch=epoch, epochs=epochs,
                        batch=batch, batches=batches, samples=samples, train_loss=loss)
 
-    train_started = time.time()
-    try:
+    with out_of_memory_named(progress, server_round):
+        state = state_or_fail(cfg, partition_id, num_partitions, progress, server_round)
+        load_record(state.model, msg.content.array_records["arrays"])
+        optimizer = make_optimizer(state.model, cfg, number(config.get("lr", cfg.lr)))
+        train_started = time.time()
         simulate_oom(partition_id)
         seed_torch(cfg.seed, partition_id, server_round)  # dropout draws: the same after a restart
         stats = train_epochs(
@@ -172,10 +198,6 @@ def train(msg: Message, context: Context) -> Message:
             proximal_mu=number(config.get("proximal-mu", 0.0)),
             progress=report,
         )
-    except torch.OutOfMemoryError as exc:
-        progress.write("failed", round=server_round, error="out of memory",
-                       detail=str(exc).splitlines()[0][:300], **device_memory(state.device))
-        raise
     progress.write("waiting", round=server_round, epoch=epochs, epochs=epochs,
                    samples=stats.samples, train_loss=stats.loss)
     metrics = MetricRecord({
@@ -196,11 +218,14 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     partition_id, num_partitions = _partition(context)
     progress = ProgressFile(cfg, partition_id, str(context.node_config.get("progress-dir", "")),
                             context.node_id)
-    progress.write("evaluating")
-    state = state_or_fail(cfg, partition_id, num_partitions, progress)
-    load_record(state.model, msg.content.array_records["arrays"])
-    loss, accuracy = evaluate(state.model, state.test, batch_size=cfg.eval_batch_size,
-                              precision=cfg.precision)
+    config = msg.content["config"] if "config" in msg.content else None
+    server_round = int(number(config.get("server-round", 0))) if config is not None else 0
+    progress.write("evaluating", round=server_round)
+    with out_of_memory_named(progress, server_round):
+        state = state_or_fail(cfg, partition_id, num_partitions, progress, server_round)
+        load_record(state.model, msg.content.array_records["arrays"])
+        loss, accuracy = evaluate(state.model, state.test, batch_size=cfg.eval_batch_size,
+                                  precision=cfg.precision)
     progress.write("waiting")
     metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(state.test)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

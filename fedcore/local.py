@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from fedcore.config import RunConfig, from_mapping
+from fedcore.device import GpuUnusable
 from fedcore.errors import UsageError
 from fedcore.models import initial_model
 from fedcore.rundir import PROGRESS, RunDir, summarize, write_json_atomic
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         run_local(from_mapping(values, str(run.path / "config.json")), run)
     except UsageError as exc:
         print(f"fedlaunch: {exc}", file=sys.stderr)
+        return 2
+    except GpuUnusable as exc:  # pinned to a GPU torch cannot use: stop, never train on the CPU
+        print(f"fedlaunch: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -15,18 +15,10 @@ from torch import nn
 from fedcore.augment import DeviceData
 from fedcore.config import RunConfig, schedule_gamma
 from fedcore.data import ImageSet
+from fedcore.device import pick_device, use_bf16  # noqa: F401 - pick_device: importable here too
 
 # (epoch, batch, batches, samples seen in this call, mean loss of the last finished epoch)
 ProgressFn = Callable[[int, int, int, int, "float | None"], None]
-
-
-def pick_device() -> torch.device:
-    """The process's GPU when it has one (CUDA_VISIBLE_DEVICES decides which), else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    return device.type == "cuda" and precision in ("auto", "bf16")
 
 
 def device_data(images: ImageSet, device: torch.device, cfg: RunConfig, *, train: bool) -> DeviceData:

@@ -28,6 +28,7 @@ class RunStarted:
     out_dir: str
     started_at: float  # time.time()
     client_gpus: dict[int, int | None] = field(default_factory=dict)  # partition id: physical GPU, None = CPU
+    unplaced: tuple[int, ...] = ()  # pooled clients whose GPU is their task's worker's (several GPUs)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ class GpuSample:
     utilization: int | None  # percent; None when NVML cannot tell
     memory_used: int | None  # bytes; None when NVML cannot tell
     memory_total: int | None  # bytes
-    pids: tuple[int, ...] = ()
+    pids: tuple[int, ...] = ()  # host pids with a compute context on it
+    process_memory: dict[int, int | None] = field(default_factory=dict)  # pid: bytes, None = unknown
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,9 @@ class GpuStats:
 
     samples: tuple[GpuSample, ...]
     cpu_mode: bool = False
+    # GPU memory each of the run's processes holds with its descendants, by NVML's process list:
+    # process name ("client-3", "worker-0") -> bytes, None where NVML lists it but cannot tell.
+    held: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ import psutil
 import pytest
 
 from launcher.planning.gpus import Nvml
-from tests.fake_nvml import GB, FakeGpu, FakeNvml
+from tests.fake_nvml import GB, FakeGpu, FakeMig, FakeNvml
 
 ROOT = Path(__file__).resolve().parents[1]
+GIB_ = 2**30
 SCRIPT = ROOT / "bench" / "gpu_acceptance.py"
 
 
@@ -75,6 +76,47 @@ def test_unknown_steps_are_refused(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert "--steps: unknown ['nope']" in done.stderr
+
+
+def test_the_default_deadline_lets_every_step_run_its_whole_budget(tmp_path: Path) -> None:
+    gpu = acceptance.parse_args([str(tmp_path)])
+    cpu = acceptance.parse_args([str(tmp_path), "--dry-run-cpu"])
+    two = acceptance.parse_args([str(tmp_path), "--steps", "env,plan"])
+
+    budgets = {name: gpu_budget for name, _, gpu_budget, _, _ in acceptance.STEPS}
+    assert gpu.deadline == sum(budgets.values()) + acceptance.CLEANUP_RESERVE * len(budgets) >= 995
+    assert cpu.deadline == sum(b for *_, b, _ in acceptance.STEPS) + acceptance.CLEANUP_RESERVE * 10
+    assert two.deadline == budgets["env"] + budgets["plan"] + 2 * acceptance.CLEANUP_RESERVE
+
+
+def test_a_deadline_shorter_than_the_steps_budgets_is_refused(tmp_path: Path) -> None:
+    done = script(str(tmp_path / "out"), "--deadline", "450")
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "--deadline 450: the chosen steps need 1145 s (their budgets plus 15 s cleanup each); raise "
+        "it or choose fewer --steps")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gpu_nvml_sees_but_torch_cannot_use_fails_with_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    why = ("GPU NVIDIA H200 (GPU-aaaa) is this process's GPU but CUDA cannot use it: torch "
+           "2.14.1+cu130 (CUDA 13.0) needs NVIDIA driver 580+ and the driver is 550.54.15; ...")
+    monkeypatch.setattr(acceptance, "nvml_facts", lambda gpu: ({"gpu_uuid": "GPU-aaaa"}, None))
+    seen: dict[str, str] = {}
+
+    def torch_facts(env: dict[str, str]) -> dict[str, Any]:
+        seen.update(env)
+        return {"torch": "2.14.1+cu130", "cuda": "13.0", "available": False, "count": 0, "why": why}
+
+    monkeypatch.setattr(acceptance, "torch_facts", torch_facts)
+
+    code = acceptance.main([str(tmp_path)])
+
+    assert code == 1
+    assert capsys.readouterr().out == f"gpu_acceptance: FAIL: NVML sees GPU 0 but {why}\n"
+    assert (seen["CUDA_VISIBLE_DEVICES"], seen["CUDA_DEVICE_ORDER"]) == ("GPU-aaaa", "PCI_BUS_ID")
 
 
 @pytest.mark.timeout(240)
@@ -218,19 +260,6 @@ def acceptance_checks() -> ModuleType:
 
 # --- the GPU checks, against the fake NVML binding ----------------------------------------------------
 
-class NvmlWithMemory(FakeNvml):
-    """The fake binding, with memory per process as a real driver reports it."""
-
-    def __init__(self, gpus: list[FakeGpu], held: dict[int, int]) -> None:
-        super().__init__(gpus)
-        self.held = held
-        self.initialised = 1
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
-        gpu = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
-        return [SimpleNamespace(pid=pid, usedGpuMemory=self.held.get(pid)) for pid in gpu.pids]
-
-
 @pytest.fixture
 def gpu_ctx(tmp_path: Path) -> Iterator[Any]:
     ctx = acceptance.Context(tmp_path, cpu=False, gpu_id=0, deadline=time.monotonic() + 60,
@@ -240,9 +269,12 @@ def gpu_ctx(tmp_path: Path) -> Iterator[Any]:
     ctx.close()
 
 
-def fake_nvml(monkeypatch: pytest.MonkeyPatch, pids: tuple[int, ...], held: dict[int, int],
-              used: int = 10 * GB) -> NvmlWithMemory:
-    lib = NvmlWithMemory([FakeGpu(uuid="GPU-aaaa-bbbb", memory_used=used, pids=pids)], held)
+def fake_nvml(monkeypatch: pytest.MonkeyPatch, pids: tuple[int, ...], held: dict[int, int | None],
+              used: int = 10 * GB, process_api: int = 3) -> FakeNvml:
+    """The fake binding, initialised as acceptance_checks._pynvml leaves the real one."""
+    lib = FakeNvml([FakeGpu(uuid="GPU-aaaa-bbbb", memory_used=used, pids=pids, process_memory=held)],
+                   process_api=process_api)
+    lib.nvmlInit()
     monkeypatch.setattr(acceptance_checks(), "_NVML", [lib])
     return lib
 
@@ -284,7 +316,7 @@ def test_a_client_nvml_does_not_list_or_pinned_elsewhere_fails(
         gpu_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     child = pinned_child("GPU-cccc")
     try:
-        fake_nvml(monkeypatch, (4242,), {4242: 700 * 2**20})
+        fake_nvml(monkeypatch, (), {})
         checks = acceptance_checks()
         monkeypatch.setattr(gpu_ctx, "wait_until", lambda *a, **k: (_ for _ in ()).throw(
             checks.StepFailed("no wait in this test")))
@@ -299,7 +331,75 @@ def test_a_client_nvml_does_not_list_or_pinned_elsewhere_fails(
     assert gpu_ctx.problems[0].startswith(f"client-0 (pid {child.pid}) is pinned by NVML's UUID of GPU 0")
     assert gpu_ctx.problems[1] == (f"client-0 (pid {child.pid}) is in NVML's process list of GPU 0 "
                                    "with its own memory (not listed)")
-    assert any("PID namespace" in note for note in gpu_ctx.notes)
+
+
+def test_in_a_container_nvmls_host_pids_are_a_note_not_a_failure(
+        gpu_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_nvml(monkeypatch, (4242, 4243), {4242: 700 * 2**20, 4243: 700 * 2**20})
+    checks = acceptance_checks()
+    monkeypatch.setattr(gpu_ctx, "wait_until", lambda *a, **k: None)
+
+    checks.check_on_gpu(gpu_ctx, {"client-0": 101, "client-1": 102})
+    checks.check_client_memory(gpu_ctx, {0: "-", 1: "-"}, {0: 101, 1: 102})
+
+    assert gpu_ctx.problems == []
+    assert len(gpu_ctx.notes) == 2 and all("host pids" in note for note in gpu_ctx.notes)
+
+
+def test_an_older_driver_and_a_mig_gpu_are_read_by_the_checks(
+        gpu_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_nvml(monkeypatch, (300,), {300: GB}, used=3 * GB, process_api=2)
+    checks = acceptance_checks()
+    assert checks.gpu_processes(gpu_ctx) == {300: GB}  # the _v2 call, as nvidia-ml-py 13 needs
+    assert checks.gpu_memory(gpu_ctx) == (3 * GB, 77 * GB)
+
+    lib = FakeNvml([FakeGpu(mig=(FakeMig(memory_total=20 * GB, memory_used=2 * GB, pids=(301,),
+                                         process_memory={301: GB}),))])
+    lib.nvmlInit()
+    monkeypatch.setattr(checks, "_NVML", [lib])
+    assert checks.gpu_processes(gpu_ctx) == {301: GB}  # the MIG instance's list (its parent's: root)
+    assert checks.gpu_memory(gpu_ctx) == (2 * GB, 18 * GB)
+
+
+def test_each_client_rows_gpu_memory_is_what_nvml_says_its_process_holds(
+        gpu_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_nvml(monkeypatch, (101, 102, 103, 999), {101: 1_288_490_188, 102: 812 * 2**20, 103: 3 * GB,
+                                                   999: GB})
+    checks = acceptance_checks()
+
+    checks.check_client_memory(gpu_ctx, {0: "1.2 GiB", 1: "812 MiB", 2: "-"}, {0: 101, 1: 102, 2: 103})
+
+    assert gpu_ctx.problems == [
+        "client-2's row shows its GPU memory: '-' (NVML: 2861 MiB for pid 103)"]
+    assert checks.memory_bytes("1.4 GiB") == int(1.4 * 2**30) and checks.memory_bytes("-") is None
+
+
+async def test_the_tui_step_reads_gpu_and_memory_off_the_clients_table() -> None:
+    from launcher.events import GpuSample, GpuStats, ProcessStarted, RunStarted
+    from launcher.tui.clients import ClientsTable
+    from tests.test_tui import NOW, Script, screen_text, settle
+
+    steps = sys.modules["acceptance_steps"]
+    script = Script([
+        RunStarted("r", "federated", "mobilenetv2", "cifar10", "iid", 5, 3, "/runs/r", NOW - 9.0,
+                   {0: 0, 1: 0, 2: 0}),
+        *(ProcessStarted(f"client-{c}", 110 + c, "supernode", 0, c) for c in range(3)),
+        GpuStats((GpuSample(0, "NVIDIA H200", 90, 9 * GIB_, 140 * GIB_, (110, 111),
+                            {110: 1_288_490_188, 111: 812 * 2**20}),),
+                 held={"client-0": 1_288_490_188, "client-1": 812 * 2**20}),
+    ])
+    async with script.app().run_test(size=(160, 48)) as pilot:
+        await settle(pilot, script)
+        for _ in range(200):  # on a loaded machine the table may need a few more frames
+            text = screen_text(pilot.app.query_one(ClientsTable))
+            if len(steps.client_rows(text)) == 3 and "GiB" in text:
+                break
+            await pilot.pause(0.05)
+
+    rows = steps.client_rows(text)
+
+    assert {c: (gpu, memory) for c, (gpu, memory, _) in rows.items()} == {
+        0: ("0", "1.2 GiB"), 1: ("0", "812 MiB"), 2: ("0", "-")}, text
 
 
 def test_memory_back_and_no_process_of_the_run_on_the_gpu(
@@ -323,7 +423,7 @@ def test_the_out_of_memory_line_fedlaunch_prints_is_recognised() -> None:
     from launcher.supervision.observe import oom_text
 
     lib = FakeNvml([FakeGpu(name="NVIDIA H200", memory_total=140 * GB, memory_used=139 * GB)])
-    plan = SimpleNamespace(client_gpus={0: 0, 1: 0}, cfg=SimpleNamespace(batch_size=5000))
+    plan = SimpleNamespace(client_gpus={0: 0, 1: 0}, pooled=(), cfg=SimpleNamespace(batch_size=5000))
     event = ClientProgress(client=1, state="failed", round=1, gpu=0, error="out of memory",
                            detail="CUDA out of memory. Tried to allocate 9.16 GiB")
     line = f"fedlaunch: error: {oom_text(plan, RealNvml(lib), event)}"  # type: ignore[arg-type]

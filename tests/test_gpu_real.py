@@ -30,7 +30,7 @@ from fedcore.train import (
     train_epochs,
     use_bf16,
 )
-from launcher.planning.gpus import GpuInfo, Nvml
+from launcher.planning.gpus import GpuInfo, Nvml, other_pid_namespace
 from launcher.planning.placement import client_env, parse_gpus, plan_placement
 
 
@@ -123,6 +123,7 @@ def test_a_pinned_child_sees_exactly_that_gpu_and_nvml_lists_it_there(nvml: Nvml
         while child.pid not in nvml.pids_on(gpu.index) and time.monotonic() < deadline:
             time.sleep(0.2)
         on_gpu = {g.index for g in gpus if child.pid in nvml.pids_on(g.index)}
+        listed = {pid for g in gpus for pid in nvml.pids_on(g.index)}
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.wait(30) == 0
@@ -137,7 +138,8 @@ def test_a_pinned_child_sees_exactly_that_gpu_and_nvml_lists_it_there(nvml: Nvml
     assert _bare_uuid(seen["uuid"]) == _bare_uuid(gpu.uuid)
     assert seen["name"] == gpu.name
     assert seen["pci"] == _pci(gpu.index)
-    assert on_gpu == {gpu.index}, "NVML lists the child on its GPU only (container PID namespace?)"
+    if other_pid_namespace({child.pid}, listed) is None:  # in a container NVML lists host pids
+        assert on_gpu == {gpu.index}, "NVML lists the child on its GPU only"
 
 
 # --- bf16 training on CUDA ---------------------------------------------------------------------------
@@ -147,32 +149,60 @@ def _images(n: int) -> ImageSet:
     return train
 
 
-def test_a_bf16_training_step_on_cuda_lowers_the_loss() -> None:
+def fixed_batch_losses(device: torch.device, precision: str = "auto") -> tuple[float, float]:
+    """The CNN's loss on one fixed batch of 128 images, before and after 10 Adam steps on it,
+    through train_epochs and evaluate (bf16 autocast where they choose it).
+
+    Memorising one batch is what any working training step does, whatever the precision: on the
+    CPU the loss went 2.306 -> 1.412 and 2.303 -> 1.423 (seeds 0, 1). (MobileNetV2 at lr 0.05
+    over 4 short epochs, the check this replaces, did not lower its loss even on the CPU.)
+    """
+    torch.manual_seed(0)
+    cfg = RunConfig(model="cnn", batch_size=128, lr=0.003, optimizer="adam")
+    data = DeviceData(_images(128), device, augment=False)  # the same 128 images every step
+    model = prepare_model(build_model(cfg.model), device)
+    before, _ = evaluate(model, data, batch_size=128, precision=precision)
+    stats = train_epochs(model, data, make_optimizer(model, cfg, cfg.lr), epochs=10, batch_size=128,
+                         precision=precision, generator=seeded_generator(device, 0, 1))
+    after, _ = evaluate(model, data, batch_size=128, precision=precision)
+    assert stats.samples == 10 * 128
+    return before, after
+
+
+def test_training_on_cuda_lowers_the_cnns_loss_on_a_fixed_batch() -> None:
+    device = pick_device()
+
+    before, after = fixed_batch_losses(device)
+
+    assert device.type == "cuda"
+    assert np.isfinite(before) and np.isfinite(after)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_a_bf16_mobilenetv2_step_keeps_fp32_weights_in_channels_last() -> None:
     device = pick_device()
     cfg = RunConfig(model="mobilenetv2", batch_size=128, lr=0.05)
-    data = DeviceData(_images(1024), device, augment=True)  # crop and flip, as the clients do
+    data = DeviceData(_images(256), device, augment=True)  # crop and flip, as the clients do
     model = prepare_model(build_model(cfg.model), device)
     before = [p.detach().clone() for p in model.parameters()]
     x = data.batch(torch.arange(8, device=device), None)
+    bf16 = torch.cuda.get_device_capability() >= (8, 0)
 
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16("auto", device)):
         logits = model(x)
-    first = train_epochs(model, data, make_optimizer(model, cfg, cfg.lr), epochs=1, batch_size=128,
+    stats = train_epochs(model, data, make_optimizer(model, cfg, cfg.lr), epochs=1, batch_size=128,
                          precision="auto", generator=seeded_generator(device, 0, 1))
-    later = train_epochs(model, data, make_optimizer(model, cfg, cfg.lr), epochs=3, batch_size=128,
-                         precision="auto", generator=seeded_generator(device, 0, 2))
-    loss, accuracy = evaluate(model, DeviceData(_images(512), device, augment=False),
+    loss, accuracy = evaluate(model, DeviceData(_images(256), device, augment=False),
                               batch_size=256, precision="auto")
 
-    assert device.type == "cuda" and use_bf16("auto", device) and not use_bf16("fp32", device)
+    assert use_bf16("auto", device) is bf16 and not use_bf16("fp32", device)
     assert x.is_contiguous(memory_format=torch.channels_last)
-    assert logits.dtype == torch.bfloat16
+    assert logits.dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert first.samples == 1024 and later.samples == 3 * 1024
-    assert np.isfinite(first.loss) and np.isfinite(later.loss)
-    assert later.loss < first.loss
+    assert stats.samples == 256 and np.isfinite(stats.loss)
     assert 0.0 <= accuracy <= 1.0 and np.isfinite(loss)
+    assert torch.backends.cudnn.benchmark is True  # set by pick_device, as in every client
 
 
 # --- device-resident data, cropped and flipped on the GPU -----------------------------------------

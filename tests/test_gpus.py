@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import pytest
 
 from launcher.events import GpuSample
-from launcher.planning.gpus import GpuInfo, Nvml
-from tests.fake_nvml import GB, FakeGpu, FakeNvml, NVMLError, fleet
+from launcher.planning.gpus import GpuInfo, Nvml, other_pid_namespace
+from launcher.planning.placement import client_env, parse_gpus, plan_placement
+from tests.fake_nvml import GB, FakeGpu, FakeMig, FakeNvml, NVMLError, fleet
 
 
 def test_devices_lists_physical_gpus_with_memory() -> None:
@@ -59,7 +61,7 @@ def test_no_driver_is_reported_not_raised() -> None:
 def test_other_init_failure_has_its_own_reason() -> None:
     nvml = Nvml(FakeNvml([FakeGpu()], driver=False, init_error=999))
     assert not nvml.available()
-    assert nvml.unavailable_reason() == "NVML could not start (NVML: NVML Error with code 999)"
+    assert nvml.unavailable_reason() == "NVML could not start (NVML: Unknown Error)"
 
 
 def test_zero_devices() -> None:
@@ -84,15 +86,14 @@ def test_unexpected_exception_in_init_is_contained() -> None:
 def test_sample_reads_util_memory_and_pids() -> None:
     lib = FakeNvml(
         [
-            FakeGpu(
-                name="A", memory_total=10 * GB, memory_used=3 * GB, utilization=57, pids=(30, 10)
-            ),
+            FakeGpu(name="A", memory_total=10 * GB, memory_used=3 * GB, utilization=57, pids=(30, 10),
+                    process_memory={30: 2 * GB, 10: None}),
             FakeGpu(name="B", memory_total=10 * GB, utilization=0),
         ]
     )
     nvml = Nvml(lib)
     assert nvml.sample() == [
-        GpuSample(0, "A", 57, 3 * GB, 10 * GB, (10, 30)),
+        GpuSample(0, "A", 57, 3 * GB, 10 * GB, (10, 30), {10: None, 30: 2 * GB}),
         GpuSample(1, "B", 0, 0, 10 * GB, ()),
     ]
     assert nvml.sample([1]) == [GpuSample(1, "B", 0, 0, 10 * GB, ())]
@@ -120,7 +121,7 @@ def test_sample_leaves_none_where_a_query_fails() -> None:
     )
     nvml = Nvml(lib)
     ok, flaky = nvml.sample()
-    assert ok == GpuSample(0, "ok", 5, 0, 10 * GB, (7,))
+    assert ok == GpuSample(0, "ok", 5, 0, 10 * GB, (7,), {7: 256 * 2**20})
     assert flaky.index == 1 and flaky.name == "flaky"
     assert flaky.utilization is None
     assert flaky.memory_used is None and flaky.memory_total is None
@@ -192,3 +193,71 @@ def test_real_library_without_driver() -> None:
     assert nvml.sample() == []
     assert nvml.pids_on(0) == []
     nvml.shutdown()
+
+
+# --- the fake is nvidia-ml-py 13, and Nvml handles what that library does -------------------------
+
+def test_the_fake_has_pynvmls_signatures_errors_and_return_types() -> None:
+    pynvml = pytest.importorskip("pynvml")
+    lib = FakeNvml([FakeGpu(pids=(41,), process_memory={41: 3 * GB})])
+    lib.nvmlInit()
+    handle = lib.nvmlDeviceGetHandleByIndex(0)
+
+    names = [n for n in dir(FakeNvml) if n.startswith("nvml")]
+    error = lib.NVMLError(lib.NVML_ERROR_NOT_SUPPORTED)
+    procs = lib.nvmlDeviceGetComputeRunningProcesses(handle)
+
+    for name in names:
+        real = inspect.signature(getattr(pynvml, name)).parameters
+        fake = inspect.signature(getattr(lib, name)).parameters
+        assert list(fake) == list(real), name
+    assert type(error).__name__ == "NVMLError_NotSupported" and isinstance(error, lib.NVMLError)
+    assert str(error) == str(pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)) == "Not Supported"
+    assert error.value == 3
+    assert not issubclass(lib.NVMLLibraryMismatchError, lib.NVMLError)
+    assert not issubclass(pynvml.NVMLLibraryMismatchError, pynvml.NVMLError)
+    assert isinstance(lib.nvmlDeviceGetMemoryInfo(handle), pynvml.c_nvmlMemory_t)
+    assert isinstance(lib.nvmlDeviceGetUtilizationRates(handle), pynvml.c_nvmlUtilization_t)
+    assert isinstance(lib.nvmlDeviceGetPciInfo(handle), pynvml.nvmlPciInfo_t)
+    assert [(type(p), p.pid, p.usedGpuMemory) for p in procs] == [
+        (pynvml.nvmlFriendlyObject, 41, 3 * GB)]
+    assert isinstance(lib.nvmlSystemGetDriverVersion(), str)
+    assert lib.nvmlSystemGetCudaDriverVersion() == 13000
+    assert lib.nvmlDeviceGetMigMode(handle) == [0, 0]
+
+
+def test_an_older_driver_without_the_v3_process_call_is_read_through_v2() -> None:
+    lib = FakeNvml([FakeGpu(pids=(5, 6), process_memory={5: GB, 6: 2 * GB})], process_api=2)
+    nvml = Nvml(lib)
+
+    held = nvml.processes(0)
+
+    assert held == {5: GB, 6: 2 * GB}
+    assert "nvmlDeviceGetComputeRunningProcesses_v2" in lib.calls
+
+
+def test_a_mig_gpu_is_used_through_its_first_instance() -> None:
+    lib = FakeNvml([FakeGpu(name="NVIDIA A100-SXM4-40GB", memory_total=40 * GB, mig=(
+        FakeMig(uuid="MIG-1111", memory_total=10 * GB, memory_used=GB, pids=(77,),
+                process_memory={77: None}),
+        FakeMig(uuid="MIG-2222", memory_total=20 * GB)))])
+    nvml = Nvml(lib)
+
+    devices = nvml.devices()
+    first, again = nvml.sample([0])[0], nvml.sample([0])[0]
+    placement = plan_placement(2, parse_gpus("0"), nvml, per_client_bytes=GB, parent_env={})
+
+    assert devices == [GpuInfo(0, "MIG-1111", "NVIDIA A100-SXM4-40GB MIG 10gb", 10 * GB, 9 * GB)]
+    assert client_env(placement.gpus[0])["CUDA_VISIBLE_DEVICES"] == "MIG-1111"
+    assert first.utilization is None and again.utilization is None
+    assert lib.calls.count("nvmlDeviceGetUtilizationRates") == 1  # NOT_SUPPORTED: asked once
+    assert (first.memory_used, first.memory_total) == (GB, 10 * GB)
+    assert first.pids == (77,) and first.process_memory == {77: None}  # MIG hides it from non-root
+
+
+def test_no_pid_of_ours_in_nvmls_list_is_a_pid_namespace_note() -> None:
+    note = other_pid_namespace({100, 101}, {4242, 4243})
+
+    assert note is not None and "container" in note and "host pids" in note
+    assert other_pid_namespace({100}, {100, 4242}) is None
+    assert other_pid_namespace({100}, set()) is None

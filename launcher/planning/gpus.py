@@ -52,6 +52,8 @@ class Nvml:
         self._count = 0
         self._handles: dict[int, Any] = {}
         self._names: dict[int, str] = {}
+        self._targets: dict[int, Any] = {}  # the handle holding a GPU's memory: its MIG instance's
+        self._no_utilization: set[int] = set()  # NOT_SUPPORTED once (MIG): not asked again
         self._errors: tuple[type[BaseException], ...] = ()
 
     # --- start and stop -------------------------------------------------
@@ -87,6 +89,8 @@ class Nvml:
             self._count = 0
             self._handles.clear()
             self._names.clear()
+            self._targets.clear()
+            self._no_utilization.clear()
 
     def _start(self) -> None:
         if self._lib is None:
@@ -156,15 +160,54 @@ class Nvml:
             self._names[index] = _text(name)
         return self._names[index]
 
-    def _pids(self, handle: Any) -> tuple[int, ...] | None:
-        lib = self._lib
-        procs = self._query(lib.nvmlDeviceGetComputeRunningProcesses, handle)
-        if procs is None and hasattr(lib, "nvmlDeviceGetComputeRunningProcesses_v2"):
-            # An older driver lacks the _v3 call that the unversioned name maps to.
-            procs = self._query(lib.nvmlDeviceGetComputeRunningProcesses_v2, handle)
-        if procs is None:
+    def _target(self, index: int) -> Any:
+        """The handle that holds GPU `index`'s memory and processes (call with the lock held).
+
+        A GPU in MIG mode is used through its first MIG instance: CUDA sees only that instance
+        (pinned by its MIG UUID), with that instance's memory; None when it cannot be opened.
+        """
+        if index in self._targets:
+            return self._targets[index]
+        handle = self._handle(index)
+        if handle is None:
             return None
-        return tuple(sorted({int(p.pid) for p in procs}))
+        target = handle
+        lib = self._lib
+        mode = self._query(lib.nvmlDeviceGetMigMode, handle) if hasattr(lib, "nvmlDeviceGetMigMode") else None
+        if mode is not None and int(mode[0]) == MIG_ENABLED:
+            slots = self._query(lib.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+            for slot in range(int(slots)):
+                mig = self._query(lib.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot)
+                if mig is not None:
+                    target = mig
+                    break
+        self._targets[index] = target
+        return target
+
+    def _utilization(self, index: int, handle: Any) -> int | None:
+        """Percent busy, or None; a GPU that answers NOT_SUPPORTED (MIG) is not asked again."""
+        if index in self._no_utilization:
+            return None
+        try:
+            util = self._lib.nvmlDeviceGetUtilizationRates(handle)
+        except self._errors as exc:
+            if getattr(exc, "value", None) == getattr(self._lib, "NVML_ERROR_NOT_SUPPORTED", 3):
+                self._no_utilization.add(index)
+            return None
+        return int(util.gpu)
+
+    def _processes(self, index: int) -> dict[int, int | None] | None:
+        """Host pid -> bytes of GPU memory it holds (None: NVML cannot tell); None when unknown."""
+        lib = self._lib
+        target, parent = self._target(index), self._handle(index)
+        for handle in dict.fromkeys(h for h in (target, parent) if h is not None):
+            procs = self._query(lib.nvmlDeviceGetComputeRunningProcesses, handle)
+            if procs is None and hasattr(lib, "nvmlDeviceGetComputeRunningProcesses_v2"):
+                # An older driver lacks the _v3 call that the unversioned name maps to.
+                procs = self._query(lib.nvmlDeviceGetComputeRunningProcesses_v2, handle)
+            if procs is not None:
+                return {int(p.pid): _bytes(p.usedGpuMemory) for p in procs}
+        return None
 
     def devices(self) -> list[GpuInfo]:
         """Every GPU NVML can open, by physical NVML index; [] when NVML is unavailable."""
@@ -173,10 +216,10 @@ class Nvml:
                 return []
             found = []
             for index in range(self._count):
-                handle = self._handle(index)
+                handle = self._target(index)
                 if handle is None:
                     continue  # NVML lists it but cannot open it (lost GPU, no permission)
-                uuid = self._query(self._lib.nvmlDeviceGetUUID, handle)
+                uuid = self._query(self._lib.nvmlDeviceGetUUID, handle)  # MIG-... for an instance
                 mem = self._query(self._lib.nvmlDeviceGetMemoryInfo, handle)
                 found.append(
                     GpuInfo(
@@ -197,20 +240,21 @@ class Nvml:
             wanted = range(self._count) if indices is None else indices
             samples = []
             for index in wanted:
-                handle = self._handle(index)
+                handle = self._target(index)
                 if handle is None:
                     samples.append(GpuSample(index, "unknown GPU", None, None, None, ()))
                     continue
-                util = self._query(self._lib.nvmlDeviceGetUtilizationRates, handle)
                 mem = self._query(self._lib.nvmlDeviceGetMemoryInfo, handle)
+                held = self._processes(index) or {}
                 samples.append(
                     GpuSample(
                         index=index,
                         name=self._name(index, handle),
-                        utilization=int(util.gpu) if util is not None else None,
+                        utilization=self._utilization(index, handle),
                         memory_used=int(mem.used) if mem is not None else None,
                         memory_total=int(mem.total) if mem is not None else None,
-                        pids=self._pids(handle) or (),
+                        pids=tuple(sorted(held)),
+                        process_memory=held,
                     )
                 )
             return samples
@@ -219,19 +263,53 @@ class Nvml:
         """Process ids with a compute context on GPU `index` ([] when unknown).
 
         NVML reports host PIDs: inside a container with its own PID namespace they may not
-        match os.getpid() of the processes you started.
+        match os.getpid() of the processes you started (see `pid_match`).
         """
+        return sorted(self.processes(index))
+
+    def processes(self, index: int) -> dict[int, int | None]:
+        """Host pid -> bytes of GPU `index`'s memory it holds (None: NVML cannot tell); {} when unknown."""
+        with self._lock:
+            if not self.available() or not 0 <= index < self._count:
+                return {}
+            return self._processes(index) or {}
+
+    def driver(self) -> tuple[str, str]:
+        """(driver version, CUDA version the driver supports, "13.0"); "" where NVML cannot tell."""
         with self._lock:
             if not self.available():
-                return []
-            handle = self._handle(index)
-            if handle is None:
-                return []
-            return list(self._pids(handle) or ())
+                return "", ""
+            version = self._query(self._lib.nvmlSystemGetDriverVersion)
+            cuda = self._query(self._lib.nvmlSystemGetCudaDriverVersion)
+            return (_text(version) if version is not None else "",
+                    f"{int(cuda) // 1000}.{int(cuda) % 1000 // 10}" if cuda is not None else "")
+
+
+MIG_ENABLED = 1  # NVML_DEVICE_MIG_ENABLE
+_NOT_AVAILABLE = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE_ulonglong
+
+
+def _bytes(value: Any) -> int | None:
+    """A process's usedGpuMemory: bytes, or None where NVML cannot tell (WDDM, MIG without root)."""
+    if value is None or int(value) == _NOT_AVAILABLE:
+        return None
+    return int(value)
+
+
+def other_pid_namespace(ours: set[int], listed: set[int]) -> str | None:
+    """A note when NVML lists processes but none of `ours`: NVML reports host pids, so inside a
+    container with its own PID namespace it lists none of ours. That is a note, not a failure:
+    per-process GPU memory cannot be matched there. None when one of ours is listed (or none
+    is listed at all, which is no namespace question)."""
+    if not ours or not listed or ours & listed:
+        return None
+    return (f"NVML lists pids {sorted(listed)}, none of ours {sorted(ours)}: NVML reports host "
+            "pids, so in a container (own PID namespace) per-process GPU memory is not matched")
 
 
 def _error_types(lib: Any) -> tuple[type[BaseException], ...]:
-    """The exceptions a binding's calls raise for NVML failures (its own NVMLError and kin)."""
+    """The exceptions a binding's calls raise for NVML failures: its NVMLError (whose per-code
+    subclasses it raises) and NVMLLibraryMismatchError, which is no NVMLError."""
     found: list[type[BaseException]] = [OSError]
     for name in ("NVMLError", "NVMLLibraryMismatchError"):
         cls = getattr(lib, name, None)

@@ -52,12 +52,27 @@ class Plan:
         return len(self.pooled)
 
     @property
+    def worker_gpus(self) -> tuple[int | None, ...]:
+        """The physical GPU (None: the CPU) of each pool worker, in order (none without a pool)."""
+        return tuple(spec.gpu for spec in self.processes if spec.role == "worker")
+
+    @property
     def client_gpus(self) -> dict[int, int | None]:
-        """The physical GPU (None: the CPU) of each client started here, by partition id."""
-        if self.pooled:  # clients hold no GPU; the workers that train them do
-            return dict.fromkeys(self.pooled)
+        """The physical GPU (None: the CPU) of each client started here, by partition id.
+
+        A pooled client trains on its workers' GPU; with workers on several GPUs it is the GPU of
+        whichever worker takes each task (see `unplaced`), None here until a progress record says.
+        """
+        if self.pooled:
+            gpus = set(self.worker_gpus)
+            return dict.fromkeys(self.pooled, gpus.pop() if len(gpus) == 1 else None)
         return {spec.client: spec.gpu for spec in self.processes
                 if spec.role in ("supernode", "local") and spec.client is not None}
+
+    @property
+    def unplaced(self) -> tuple[int, ...]:
+        """Pooled clients whose GPU is known only per task: their workers use several GPUs."""
+        return self.pooled if len(set(self.worker_gpus)) > 1 else ()
 
     def describe(self) -> str:
         """A human-readable plan: each process, its GPU, its command line."""

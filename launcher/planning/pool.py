@@ -36,9 +36,10 @@ class WorkerChoice:
 
 def choose_workers(clients: int, requested: int | None, gpus: tuple[GpuInfo, ...],
                    per_worker_bytes: int, per_gpu: int | None,
-                   cores: int | None = None) -> WorkerChoice:
-    """--workers, or one worker per client while that fits: in each GPU's free memory (and
-    --workers-per-gpu), or, on the CPU, in max(4, 2 x cores) processes."""
+                   cores: int | None = None, server_bytes: int = 0) -> WorkerChoice:
+    """--workers, or one worker per client while that fits: in each GPU's free memory (the first
+    GPU's less `server_bytes`, the ServerApp's) and --workers-per-gpu, or, on the CPU, in
+    max(4, 2 x cores) processes."""
     if requested is not None:
         if requested < 1:
             raise UsageError(f"--workers must be at least 1, got {requested}")
@@ -58,8 +59,9 @@ def choose_workers(clients: int, requested: int | None, gpus: tuple[GpuInfo, ...
         return WorkerChoice(cap, f"capped by the CPU: {cores} cores, at most {cap} workers "
                             f"({CPU_WORKERS_PER_CORE} per core, at least {CPU_WORKERS_FLOOR})")
     fits = []
-    for gpu in gpus:
-        room = clients if gpu.memory_free is None else gpu.memory_free // max(1, per_worker_bytes)
+    for position, gpu in enumerate(gpus):
+        free = None if gpu.memory_free is None else gpu.memory_free - (server_bytes if position == 0 else 0)
+        room = clients if free is None else max(0, free) // max(1, per_worker_bytes)
         fits.append(min(room, per_gpu) if per_gpu is not None else room)
     total = max(len(gpus), sum(fits))  # at least one per GPU; the memory warning tells the rest
     if clients <= total:
@@ -139,22 +141,25 @@ SIM_WORKERS_PER_GPU = 2  # ... and on a GPU: two, so one loads its task while th
 
 def choose_simulation_workers(clients: int, requested: int | None, gpus: tuple[GpuInfo, ...],
                               per_worker_bytes: int, per_gpu: int | None,
-                              cores: int | None = None) -> WorkerChoice:
+                              cores: int | None = None, server_bytes: int = 0) -> WorkerChoice:
     """K for the simulation engine: --workers, else one per core on the CPU (2 workers on 2 cores
     beat 4: each holds the data set and competes for the cores; docs/PERFORMANCE.md), else
     SIM_WORKERS_PER_GPU per GPU (or --workers-per-gpu) while they fit in its free memory; never
     more than the clients."""
     if requested is not None:
-        return choose_workers(clients, requested, gpus, per_worker_bytes, per_gpu, cores)
+        return choose_workers(clients, requested, gpus, per_worker_bytes, per_gpu, cores,
+                              server_bytes=server_bytes)
     if not gpus:
         cores = cores or os.cpu_count() or 1
         k = min(clients, max(1, SIM_WORKERS_PER_CORE * cores))
         return WorkerChoice(k, f"one per core ({cores} cores)" if k < clients else
                             f"one per client ({clients} clients, {cores} cores)")
     each = per_gpu if per_gpu is not None else SIM_WORKERS_PER_GPU
-    fits = [each if gpu.memory_free is None else max(1, min(each, gpu.memory_free //
-                                                            max(1, per_worker_bytes)))
-            for gpu in gpus]
+    # the first GPU also holds the ServerApp (the simulation process): its share is not free
+    fits = [each if gpu.memory_free is None else
+            max(1, min(each, (gpu.memory_free - (server_bytes if position == 0 else 0))
+                       // max(1, per_worker_bytes)))
+            for position, gpu in enumerate(gpus)]
     k = min(clients, sum(fits))
     return WorkerChoice(k, f"{each} per GPU" + (" (fewer where free memory is short)"
                                                  if sum(fits) < each * len(gpus) else "")
@@ -170,7 +175,8 @@ def simulation_specs(run_dir: Path, clients: int, placement: Placement, flwr_env
     for k, gpu_id in enumerate(placement.client_gpu):
         gpu = next((g for g in placement.gpus if g.index == gpu_id), None)
         orders.append({"name": f"worker-{k}", "gpu": "cpu" if gpu_id is None else str(gpu_id),
-                       "env": {**client_env(gpu), **threads}})
+                       "env": {**client_env(gpu), **threads,
+                               "FEDLAUNCH_WORKER_GPU": "cpu" if gpu_id is None else str(gpu_id)}})
     server_gpu = placement.gpus[0] if placement.gpus else None
     import json
 

@@ -18,6 +18,7 @@ from fedcore.errors import UsageError
 from fedcore.partition_spec import parse_partition
 from fedcore.rundir import CONFIG, PROGRESS, RunDir, refuse_symlinks
 from launcher.kinds import Engine, Executor, RunMode
+from launcher.planning.footprint import client_footprint, server_footprint
 from launcher.planning.gpus import Nvml
 from launcher.planning.placement import Placement, parse_gpus, plan_placement
 from launcher.planning.plan import Plan, federated_plan, local_plan, port_in_use, simulation_plan
@@ -54,16 +55,6 @@ class LaunchOptions:
 def say(text: str) -> None:
     """Progress while the data is prepared; on stdout, so a bad input's one line is stderr's only."""
     print(f"fedlaunch: {text}", file=sys.stdout, flush=True)
-
-
-# GPU memory one client process holds, by NVML, measured on an H100 (CUDA context + allocator).
-FOOTPRINT_BYTES = {"cnn": 600_000_000, "mobilenetv2": 1_300_000_000, "resnet18": 1_600_000_000}
-
-
-def client_footprint(model: str, batch_size: int) -> int:
-    """Estimated GPU bytes per client: the measured base plus activations growing with the batch."""
-    base = FOOTPRINT_BYTES.get(model, 1_300_000_000)
-    return base + max(0, batch_size - 128) * 4_000_000
 
 
 def default_run_dir() -> Path:
@@ -146,26 +137,27 @@ def make_plan(
     nvml = nvml or Nvml()
     here = 1 if local else cfg.clients if local_clients is None else local_clients
     choice = None
+    per_client = client_footprint(cfg)  # per model, batch and image size (planning.footprint)
+    server = 0 if local or join else server_footprint(cfg)  # the ServerApp, on the first GPU
     simulation = opts.engine == "simulation" and not local and remote is None
     if simulation:
         if opts.executor != "warm":
             raise UsageError("--executor stock goes with --engine deployment (the simulation "
                              "engine's workers always stay warm)")
         seen = plan_placement(here, request, nvml)
-        choice = choose_simulation_workers(here, opts.workers, seen.gpus,
-                                           client_footprint(cfg.model, cfg.batch_size),
-                                           opts.clients_per_gpu)
+        choice = choose_simulation_workers(here, opts.workers, seen.gpus, per_client,
+                                           opts.clients_per_gpu, server_bytes=server)
         here = choice.workers
     elif not local and here > 0 and opts.executor == "warm":  # this machine's clients: a pool?
         seen = plan_placement(here, request, nvml)  # which GPUs, how much is free
-        choice = choose_workers(here, opts.workers, seen.gpus,
-                                client_footprint(cfg.model, cfg.batch_size), opts.clients_per_gpu)
+        choice = choose_workers(here, opts.workers, seen.gpus, per_client, opts.clients_per_gpu,
+                                server_bytes=server)
         here = choice.workers
     elif opts.workers is not None:
         raise UsageError("--workers goes with clients on this machine and the warm executor "
                          "(not --local, --executor stock, or --serve without --partition-ids)")
     placement = plan_placement(max(here, 1), request, nvml,
-                               per_client_bytes=client_footprint(cfg.model, cfg.batch_size),
+                               per_client_bytes=per_client, server_gpu_bytes=server,
                                clients_per_gpu=opts.clients_per_gpu)
     if here == 0:  # --serve with every client on other machines: the GPUs are the server's
         placement = dataclasses.replace(placement, client_gpu=())

@@ -182,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision  # noqa: F401
     from flwr.common import log
 
+    from fedcore.device import check_pinned_gpu
+
+    if (why := check_pinned_gpu()) is not None:  # stop at once: never train on the CPU in silence
+        print(f"fedlaunch: error: {why}", file=sys.stderr, flush=True)
+        supernode.terminate()
+        supernode.wait()
+        return 2
     fast_object_pulls()
     launcher = os.getppid()
     executor = Executor(address, log, worth_retrying=lambda: supernode.poll() is None

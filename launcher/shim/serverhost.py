@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     runtime = importlib.import_module(fi.NAMES["run_serverapp"][0])  # the module, not the function
     import torch  # noqa: F401  - warm up while the SuperLink starts and `flwr run` submits
     import torchvision  # noqa: F401
+
+    from fedcore.device import check_pinned_gpu
+
+    if (why := check_pinned_gpu()) is not None:  # the run fails at once, naming the GPU and fix
+        print(f"fedlaunch: error: the ServerApp's {why}", file=sys.stderr, flush=True)
+        return 2
     guard_bundle(runtime, trusted)
     print(f"fedlaunch: warm ServerApp pid {os.getpid()} ready; waiting for the run", flush=True)
     token = claim(args.runtime_api_address, secret, certificates, lambda: stop["now"])

@@ -109,6 +109,11 @@ def worker(order: dict[str, Any]) -> int:
     os.environ[SHARED_DATA] = "1"
     import torch
 
+    from fedcore.device import check_pinned_gpu
+
+    if (why := check_pinned_gpu()) is not None:  # stop at once: never train on the CPU in silence
+        print(f"fedlaunch: error: {order['name']}: {why}", file=sys.stderr, flush=True)
+        return 2
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)

@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision  # noqa: F401
     from flwr.common import log
 
+    from fedcore.device import check_pinned_gpu
+
+    if (why := check_pinned_gpu()) is not None:  # stop at once: never train on the CPU in silence
+        print(f"fedlaunch: error: {args.name}: {why}", file=sys.stderr, flush=True)
+        return 2
     fast_object_pulls()
     cache = keep_pulled_objects()
     stop = {"now": False}

@@ -177,9 +177,15 @@ def progress_event(record: dict[str, Any], client_gpus: dict[int, int | None]) -
             batches=int(record.get("batches", 0)),
             samples=int(record.get("samples", 0)),
             train_loss=float(loss) if loss is not None else None,
-            gpu=client_gpus.get(client),
+            gpu=record_gpu(record) if "gpu" in record else client_gpus.get(client),
             error=record.get("error"),
             detail=str(record.get("detail", "")),
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def record_gpu(record: dict[str, Any]) -> int | None:
+    """The physical GPU a progress record names (a pool worker's, which trained the client)."""
+    gpu = record["gpu"]
+    return None if gpu is None else int(gpu)

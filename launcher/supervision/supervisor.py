@@ -29,7 +29,7 @@ from launcher.planning.plan import Plan
 from launcher.supervision.departures import Departures
 from launcher.supervision.follow import RunFollower
 from launcher.supervision.hints import TOKEN_REFUSED, explain_failure
-from launcher.supervision.observe import gpu_stats, oom_text
+from launcher.supervision.observe import gpu_stats, oom_text, pid_namespace_note
 from launcher.supervision.outcome import (
     EXIT_FAILED,
     EXIT_OK,
@@ -99,6 +99,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._base_env = {**child_base_env(), **(watchdog.env if watchdog else {})}
         self._out_of_memory: str | None = None  # the first client's OOM text: the run fails on it
+        self._pid_note_said = False  # NVML lists none of the run's pids (a container): said once
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Ask the run to stop (Ctrl+C, q, SIGTERM, SIGHUP); safe to call more than once."""
@@ -159,6 +160,7 @@ class Supervisor:
             total=plan.cfg.epochs if plan.mode == "local" else 0 if joined else plan.cfg.rounds,
             num_clients=plan.cfg.clients if plan.mode == "federated" else len(plan.client_gpus),
             out_dir=str(plan.run_dir), started_at=started, client_gpus=plan.client_gpus,
+            unplaced=plan.unplaced,
         ))
         for note in plan.placement.notes:
             self.bus.publish(Notice("info", note))
@@ -238,8 +240,8 @@ class Supervisor:
             if self._stop_reason:
                 return self._stop_reason
             if self.monotonic() >= next_gpu:
-                self.bus.publish(gpu_stats(self.plan, self.nvml))
                 self._watch_descendants()
+                self._publish_gpu_stats()
                 next_gpu = self.monotonic() + self.gpu_interval
             outcome = await self._check_processes()
             if outcome is not None:
@@ -260,6 +262,20 @@ class Supervisor:
                     self._out_of_memory = text
                 else:
                     self.bus.publish(Notice("error", text))
+
+    def _publish_gpu_stats(self) -> None:
+        """The GPUs' reading, with the memory each client (or worker) process tree holds."""
+        owners = {pid: name for name, proc in self.processes.items()
+                  for pid in (proc.pid, *proc.known) if pid is not None}
+        stats = gpu_stats(self.plan, self.nvml, owners)
+        self.bus.publish(stats)
+        if self._pid_note_said or stats.held or not stats.samples or not any(  # once a round trained
+                r.get("event") == "round" for r in self.follower.records):
+            return
+        note = pid_namespace_note(stats.samples, owners)
+        if note is not None:
+            self._pid_note_said = True
+            self.bus.publish(Notice("info", note))
 
     def _watch_descendants(self) -> None:
         """Remember every process's descendants (those that leave its group are still stopped)."""

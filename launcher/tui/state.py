@@ -47,6 +47,7 @@ class ClientRow:
     train_loss: float | None = None
     restarts: int = 0
     error: str | None = None
+    gpu_memory: int | None = None  # bytes its process (a pooled client: its worker) holds, by NVML
 
     def fraction(self) -> float:
         """How far this client is through its current round's local training, 0..1."""
@@ -85,6 +86,8 @@ class RunState:
         self.round_started_at: float | None = None
         self.rounds: list[RoundFinished] = []
         self.gpus: dict[int, GpuView] = {}
+        self.held: dict[str, int | None] = {}  # GPU memory per process name, by NVML
+        self.memory_column = False  # shown once NVML has told the memory of one of the run's processes
         self.cpu_mode = False
         self.gpu_seen = False
         self.pool: PoolStats | None = None  # the worker pool's last report, when there is one
@@ -171,7 +174,7 @@ class RunState:
         self.run = event
         for client, gpu in event.client_gpus.items():
             row = self._row(client)
-            row.gpu, row.gpu_known = gpu, True
+            row.gpu, row.gpu_known = gpu, client not in event.unplaced
         self.dirty |= {"header", "progress", "clients-layout", "metrics"}
 
     def _on_ProcessStarted(self, event: ProcessStarted) -> None:
@@ -249,12 +252,31 @@ class RunState:
         for index in set(self.gpus) - seen:
             del self.gpus[index]
         self.dirty.add("gpus")
+        if event.held != self.held and self.pool is not None:
+            self.dirty.add("workers")
+        self.held = event.held
+        if event.held and not self.memory_column:
+            self.memory_column = True
+            self.dirty.add("clients-layout")
+        self._update_gpu_memory()
+
+    def _update_gpu_memory(self) -> None:
+        """Each client's GPU memory: its own process's, or, pooled, that of the worker training it."""
+        training = {w.client: w.name for w in self.pool.workers} if self.pool is not None else {}
+        for client, row in self.clients.items():
+            name = training.get(client) or self.client_process.get(client)
+            memory = self.held.get(name) if name is not None else None
+            if memory != row.gpu_memory:
+                row.gpu_memory = memory
+                self.dirty_clients.add(client)
+                self.dirty.add("clients")
 
     def _on_PoolStats(self, event: PoolStats) -> None:
         if self.pool is None:
             self.dirty.add("workers-layout")
         self.pool = event
         self.dirty |= {"workers", "clients"}
+        self._update_gpu_memory()
 
     def _on_LogLine(self, event: LogLine) -> None:
         self._note_name(event.name)

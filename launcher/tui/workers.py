@@ -9,20 +9,21 @@ from rich.text import Text
 from textual.widgets import DataTable, Static
 
 from launcher.events import WorkerInfo
-from launcher.tui.clients import STATE_STYLE
+from launcher.tui.clients import STATE_STYLE, memory_text
 from launcher.tui.state import RunState
 
-COLUMNS = (("worker", "worker"), ("gpu", "GPU"), ("client", "client"), ("state", "state"),
-           ("rate", "images/s"), ("tasks", "tasks"))
+COLUMNS = (("worker", "worker"), ("gpu", "GPU"), ("gpu_memory", "GPU mem"), ("client", "client"),
+           ("state", "state"), ("rate", "images/s"), ("tasks", "tasks"))
 WORKER_STYLE = {"training": "green", "evaluating": "cyan", "idle": "dim", "starting": "yellow",
                 "connecting": "dim"}
 SHOWN_IDS = 12  # sampled client ids listed in the summary line before "+N"
 
 
-def worker_cells(worker: WorkerInfo) -> list[Text]:
+def worker_cells(worker: WorkerInfo, held: dict[str, int | None] | None = None) -> list[Text]:
     values = {
         "worker": worker.name,
         "gpu": worker.gpu,
+        "gpu_memory": memory_text((held or {}).get(worker.name)),
         "client": "-" if worker.client is None else str(worker.client),
         "state": worker.state,
         "rate": f"{worker.images_per_s:,.0f}" if worker.images_per_s else "-",
@@ -51,7 +52,7 @@ class WorkersTable(DataTable[Text]):
             return
         self.clear()
         for worker in state.pool.workers:
-            self.add_row(*worker_cells(worker), key=worker.name)
+            self.add_row(*worker_cells(worker, state.held), key=worker.name)
 
 
 def ids_text(ids: list[int]) -> str:
