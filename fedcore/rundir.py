@@ -96,6 +96,33 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     yield from json_records(split_lines(data)[0])
 
 
+def drop_torn_tail(path: Path) -> int:
+    """Cut a torn last line (a crash mid-write left it without its newline) off the JSON-lines
+    file `path`, so that the next record starts a line of its own; the bytes dropped (0: none)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return 0
+        keep = size
+        while keep > 0:  # back to the last newline, a block at a time
+            start = max(0, keep - 65536)
+            block = os.pread(fd, keep - start, start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        return size - keep
+    finally:
+        os.close(fd)
+
+
 def open_append(path: Path) -> int:
     """A file descriptor appending to `path`, which must not be a symlink (O_NOFOLLOW)."""
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
