@@ -12,11 +12,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
 from fedcore.config import RunConfig, from_run_config
 from fedcore.flwr_tuning import fast_object_pulls
 from fedcore.models import initial_model
 from fedcore.partition import parse_partition, partition_indices, partition_stats
+from fedcore.replies import Rejected, check_replies, not_finite
 from fedcore.rundir import DEPARTED, RunDir, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
@@ -49,6 +51,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
     )
     run.write_partitions(partition_stats(split.train.labels, parts, split.classes,
                                          spec=parse_partition(cfg.partition)))
+    sizes = [len(part) for part in parts]  # the most images each client can say it trained on
     test = device_data(split.test, device, cfg, train=False)
     torch.manual_seed(cfg.seed)
     model = prepare_model(initial_model(cfg), device)
@@ -93,15 +96,16 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
                                         train_images)
         replies = collect(grid, pending, cfg.round_timeout, departed)
         collected = time.time()
-        ok = sorted((m for m in replies if not m.has_error()),
-                    key=lambda m: int(number(m.content["metrics"]["partition-id"])))
         for failed in (m for m in replies if m.has_error()):
             log(WARNING, "round %d: a client failed: %s", server_round, failed.error.reason)
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
-        if new_arrays is not None:
-            arrays = new_arrays
+        ok, rejected = check_replies(replies, arrays, sizes)
+        for bad in rejected:
+            log(WARNING, "round %d: rejected the reply of node %d (partition %s): %s",
+                server_round, bad.node_id, bad.partition_id, bad.reason)
+            run.append_metric("rejected", round=server_round, **bad.as_record())
+        arrays, train_metrics, kept = aggregate(strategy, server_round, ok, arrays)
         trained = Trained(server_round, arrays, ok, len(messages), train_metrics, round_started,
-                          collected, time.time())
+                          collected, time.time(), rejected, kept)
     if trained is not None:
         finish(trained, None, model, test, cfg, run, best, train_images)
 
@@ -123,6 +127,23 @@ class Trained:
     started: float
     collected: float
     aggregated: float
+    rejected: list[Rejected]
+    kept_model: str  # why the round's aggregate was not taken; "" when it was
+
+
+def aggregate(strategy: FedAvg, server_round: int, ok: list[Message],
+              arrays: ArrayRecord) -> tuple[ArrayRecord, MetricRecord | None, str]:
+    """The strategy's new global model from the checked replies, or the previous one when there
+    are none, or when the aggregate holds a NaN or an infinity (then with the reason)."""
+    new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
+    if new_arrays is None:
+        return arrays, train_metrics, ""
+    bad = not_finite(new_arrays)
+    if bad is None:
+        return new_arrays, train_metrics, ""
+    kept = f"the aggregate is not finite (array {bad}); kept the previous model"
+    log(WARNING, "round %d: %s", server_round, kept)
+    return arrays, None, kept
 
 
 def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test: DeviceData,
@@ -151,7 +172,9 @@ def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test:
         "round", round=t.round, total=cfg.rounds, accuracy=accuracy, loss=loss,
         train_loss=t.train_metrics.get("train-loss") if t.train_metrics else None,
         train_accuracy=t.train_metrics.get("train-accuracy") if t.train_metrics else None,
-        replies=len(t.ok), failures=t.sent - len(t.ok),
+        replies=len(t.ok), failures=t.sent - len(t.ok) - len(t.rejected),
+        rejected=len(t.rejected), rejections=[r.as_record() for r in t.rejected],
+        kept_model=t.kept_model or None,
         clients=[int(number(m["partition-id"])) for m in metrics],
         seconds=round((next_started or time.time()) - t.started, 3), train_images=train_images,
         best_accuracy=best,
