@@ -171,7 +171,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         most = MOST.get(key_of(f.name))
         if most is not None and value > most:
             shown = f"{most:,}" if isinstance(most, int) else f"{most:g}"
-            raise UsageError(f"--{key_of(f.name)} must be at most {shown}, got {value}")
+            raise UsageError(f"--{key_of(f.name)} {value} is too large: at most {shown}")
     positive = {
         "clients": cfg.clients,
         "rounds": cfg.rounds,
