@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ from fedcore.flwr_tuning import fast_object_pulls
 from fedcore.models import initial_model
 from fedcore.partition import parse_partition, partition_indices, partition_stats
 from fedcore.replies import Rejected, check_replies, not_finite
-from fedcore.rundir import DEPARTED, RunDir, summarize
+from fedcore.rundir import DEPARTED, RunDir, run_folder_failure, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
 from fedcore.train import DeviceData, device_data, evaluate, pick_device, prepare_model, scheduled_lr
@@ -34,10 +35,15 @@ def main(grid: Grid, context: Context) -> None:
     fast_object_pulls("flwr.superlink.grid.http_grid")
     cfg = from_run_config(context.run_config)
     out = cfg.out_dir or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    run = RunDir(out).create()
-    if not (run.path / "config.json").exists():
-        run.write_config({"mode": "federated", **cfg.to_json()})
-    run_federated(grid, cfg, run)
+    try:
+        run = RunDir(out).create()
+        if not (run.path / "config.json").exists():
+            run.write_config({"mode": "federated", **cfg.to_json()})
+        run_federated(grid, cfg, run)
+    except OSError as exc:
+        if (line := run_folder_failure(exc, Path(out))) is not None:
+            print(line, file=sys.stderr, flush=True)  # the launcher's reason for the failure
+        raise
 
 
 def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
