@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from fedcore.train import DeviceData, device_data, evaluate, pick_device, prepar
 from fedcore.weights import load_record, number, to_record
 
 app = ServerApp()
+OUT_DIR_ENV = "FEDLAUNCH_OUT_DIR"  # set by the launcher on the warm ServerApp (launcher.planning.plan)
 POLL_START, POLL_MAX = 0.02, 0.05
 
 
@@ -34,6 +36,8 @@ POLL_START, POLL_MAX = 0.02, 0.05
 def main(grid: Grid, context: Context) -> None:
     fast_object_pulls("flwr.superlink.grid.http_grid")
     cfg = from_run_config(context.run_config)
+    if own := os.environ.get(OUT_DIR_ENV):  # the launcher's run folder, whatever was submitted
+        cfg = cfg.replace(out_dir=own)
     out = cfg.out_dir or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     try:
         run = RunDir(out).create()

@@ -44,9 +44,16 @@ def folder_failed(exc: OSError, run_dir: Path) -> RunFailed | None:
     return RunFailed(RUN_FOLDER, f"{where} cannot be written ({exc.strerror or type(exc).__name__})")
 
 
+REFUSED_RUN = "fedlaunch: the ServerApp refused run "  # launcher.shim.serverhost.REFUSED
+
+
 def serverapp_folder_failure(name: str, tail: tuple[str, ...]) -> RunFailed | None:
-    """The ServerApp's own line saying which file of the run folder it could not write."""
+    """The ServerApp's own line saying which file of the run folder it could not write, or which
+    run, submitted by someone else, it refused to run."""
     for line in reversed(tail):
         if line.startswith(SERVERAPP_LINE):
             return RunFailed(name, f"(the ServerApp) {line.removeprefix('fedlaunch: ')}")
+        if line.startswith(REFUSED_RUN):
+            return RunFailed(name, f"(the ServerApp) refused run {line.removeprefix(REFUSED_RUN)}; "
+                             "this launch's own run cannot start: launch again")
     return None

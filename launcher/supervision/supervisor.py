@@ -183,10 +183,10 @@ class Supervisor:
     def _prepare(self) -> None:
         self.rundir.create()
         self.rundir.append_metric("launch", mode=self.plan.mode, resumed=self.plan.resumed)
-        if any(p.role == "superlink" for p in self.plan.processes):
-            write_flower_files(self.plan)
         if self.plan.mode != "local":  # a new SuperExec secret for this launch's runtime APIs
             write_secret(self.plan.run_dir)
+        if any(p.role == "superlink" for p in self.plan.processes):
+            write_flower_files(self.plan)
 
     # -- start ----------------------------------------------------------------------------------
 
