@@ -353,6 +353,7 @@ def immutable(folder: Path, on: bool) -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.slow  # the same path as the test above, for the whole folder: kept out of the default run
 @pytest.mark.timeout(270)
 def test_an_immutable_run_folder_fails_the_run_with_one_line(tmp_path: Path) -> None:
     """The whole folder refuses every write (as a full or read-only disk does): one line naming
