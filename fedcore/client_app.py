@@ -19,6 +19,8 @@ from torch import nn
 from fedcore.config import RunConfig, from_run_config
 from fedcore.device import is_oom
 from fedcore.errors import UsageError
+from fedcore.faults import ENV as FAULT_ENV
+from fedcore.faults import simulate_bad_reply
 from fedcore.models import build_model
 from fedcore.rundir import PROGRESS, write_json_atomic
 from fedcore.task import client_share, load_split
@@ -209,6 +211,8 @@ def train(msg: Message, context: Context) -> Message:
         "partition-id": partition_id,
     })
     content = RecordDict({"arrays": to_record(state.model), "metrics": metrics})
+    if os.environ.get(FAULT_ENV):
+        content = simulate_bad_reply(content, server_round)
     return Message(content=content, reply_to=msg)
 
 

@@ -142,12 +142,36 @@ def from_run_config(run_config: dict[str, Any]) -> RunConfig:
     return from_mapping(known, "run_config")
 
 
+# The largest value each number may take. Flower carries run_config integers as 64-bit numbers,
+# and well below that a run could never finish: a round a second for a year is 3e7 rounds, a
+# SuperNode per client makes 10,000 clients more than one SuperLink serves. A value beyond its
+# bound is refused before anything starts rather than failing once every process is up.
+MOST: dict[str, int | float] = {
+    "clients": 10_000,
+    "rounds": 1_000_000,
+    "local-epochs": 10_000,
+    "epochs": 1_000_000,
+    "batch-size": 1_000_000,
+    "eval-batch-size": 1_000_000,
+    "limit-train": 1_000_000_000,
+    "limit-test": 1_000_000_000,
+    "lr": 1_000.0,
+    "momentum": 1.0,
+    "weight-decay": 1.0,
+    "round-timeout": 7 * 24 * 3600.0,  # a week
+}
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check values a user can get wrong; raise UsageError with one line naming the flag."""
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"--{key_of(f.name)} must be a finite number, got {value}")
+        most = MOST.get(key_of(f.name))
+        if most is not None and value > most:
+            shown = f"{most:,}" if isinstance(most, int) else f"{most:g}"
+            raise UsageError(f"--{key_of(f.name)} {value} is too large: at most {shown}")
     positive = {
         "clients": cfg.clients,
         "rounds": cfg.rounds,

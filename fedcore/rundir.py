@@ -22,6 +22,23 @@ CHECKPOINTS = "checkpoints"
 DEPARTED = "departed-nodes.txt"  # `ID` a client died (the server stops waiting), `+ID` it is back
 
 
+# The line a process that cannot write the run folder prints before it fails; the launcher
+# makes it the run's one-line reason.
+RUN_FOLDER_FAILED = "cannot write the run folder: "
+
+
+def run_folder_failure(exc: OSError, folder: Path) -> str | None:
+    """`fedlaunch: cannot write the run folder: PATH (CAUSE)` when `exc` is about a file in
+    `folder`; None for an error elsewhere (the data folder, the network)."""
+    name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes) else ""
+    if not name:
+        return None
+    where, base = Path(os.path.abspath(name)), Path(os.path.abspath(folder))
+    if where != base and base not in where.parents:
+        return None
+    return f"fedlaunch: {RUN_FOLDER_FAILED}{where} ({exc.strerror or type(exc).__name__})"
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file beside `path`, then rename: readers never see half a file
     (the rename replaces a symlink at `path`, never writes through it)."""
@@ -94,6 +111,33 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     except FileNotFoundError:
         return
     yield from json_records(split_lines(data)[0])
+
+
+def drop_torn_tail(path: Path) -> int:
+    """Cut a torn last line (a crash mid-write left it without its newline) off the JSON-lines
+    file `path`, so that the next record starts a line of its own; the bytes dropped (0: none)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return 0
+        keep = size
+        while keep > 0:  # back to the last newline, a block at a time
+            start = max(0, keep - 65536)
+            block = os.pread(fd, keep - start, start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        return size - keep
+    finally:
+        os.close(fd)
 
 
 def open_append(path: Path) -> int:
@@ -249,11 +293,13 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def summarize(run: RunDir, *, mode: str, exit_reason: str, wall_seconds: float) -> dict[str, Any]:
-    """summary.json's content, derived from metrics.jsonl alone."""
+def summarize(run: RunDir, *, mode: str, exit_reason: str, wall_seconds: float,
+              records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """summary.json's content, derived from metrics.jsonl alone (or its `records` as read)."""
     unit = "epoch" if mode == "local" else "round"
-    ends = [m for m in run.metrics() if m.get("event") == unit]
-    start: dict[str, Any] = next((m for m in reversed(run.metrics()) if m.get("event") == "start"), {})
+    records = run.metrics() if records is None else records
+    ends = [m for m in records if m.get("event") == unit]
+    start: dict[str, Any] = next((m for m in reversed(records) if m.get("event") == "start"), {})
     accuracies = [float(m["accuracy"]) for m in ends]
     train_images = int(ends[-1]["train_images"]) if ends else 0
     return {

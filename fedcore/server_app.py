@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,18 +14,21 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
 from fedcore.config import RunConfig, from_run_config
 from fedcore.flwr_tuning import fast_object_pulls
 from fedcore.models import initial_model
 from fedcore.partition import parse_partition, partition_indices, partition_stats
-from fedcore.rundir import DEPARTED, RunDir, summarize
+from fedcore.replies import Rejected, check_replies, not_finite
+from fedcore.rundir import DEPARTED, RunDir, run_folder_failure, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
 from fedcore.train import DeviceData, device_data, evaluate, pick_device, prepare_model, scheduled_lr
 from fedcore.weights import load_record, number, to_record
 
 app = ServerApp()
+OUT_DIR_ENV = "FEDLAUNCH_OUT_DIR"  # set by the launcher on the warm ServerApp (launcher.planning.plan)
 POLL_START, POLL_MAX = 0.02, 0.05
 
 
@@ -36,11 +41,18 @@ def main(grid: Grid, context: Context) -> None:
 def serve(grid: Grid, context: Context) -> None:
     """The run, on whichever engine's Grid (the simulation engine's is in memory: nothing to tune)."""
     cfg = from_run_config(context.run_config)
+    if own := os.environ.get(OUT_DIR_ENV):  # the launcher's run folder, whatever was submitted
+        cfg = cfg.replace(out_dir=own)
     out = cfg.out_dir or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    run = RunDir(out).create()
-    if not (run.path / "config.json").exists():
-        run.write_config({"mode": "federated", **cfg.to_json()})
-    run_federated(grid, cfg, run)
+    try:
+        run = RunDir(out).create()
+        if not (run.path / "config.json").exists():
+            run.write_config({"mode": "federated", **cfg.to_json()})
+        run_federated(grid, cfg, run)
+    except OSError as exc:
+        if (line := run_folder_failure(exc, Path(out))) is not None:
+            print(line, file=sys.stderr, flush=True)  # the launcher's reason for the failure
+        raise
 
 
 def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
@@ -54,6 +66,7 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
     )
     run.write_partitions(partition_stats(split.train.labels, parts, split.classes,
                                          spec=parse_partition(cfg.partition)))
+    sizes = [len(part) for part in parts]  # the most images each client can say it trained on
     test = device_data(split.test, device, cfg, train=False)
     torch.manual_seed(cfg.seed)
     model = prepare_model(initial_model(cfg), device)
@@ -98,15 +111,16 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
                                         train_images)
         replies = collect(grid, pending, cfg.round_timeout, departed)
         collected = time.time()
-        ok = sorted((m for m in replies if not m.has_error()),
-                    key=lambda m: int(number(m.content["metrics"]["partition-id"])))
         for failed in (m for m in replies if m.has_error()):
             log(WARNING, "round %d: a client failed: %s", server_round, failed.error.reason)
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
-        if new_arrays is not None:
-            arrays = new_arrays
+        ok, rejected = check_replies(replies, arrays, sizes)
+        for bad in rejected:
+            log(WARNING, "round %d: rejected the reply of node %d (partition %s): %s",
+                server_round, bad.node_id, bad.partition_id, bad.reason)
+            run.append_metric("rejected", round=server_round, **bad.as_record())
+        arrays, train_metrics, kept = aggregate(strategy, server_round, ok, arrays)
         trained = Trained(server_round, arrays, ok, len(messages), train_metrics, round_started,
-                          collected, time.time())
+                          collected, time.time(), rejected, kept)
     if trained is not None:
         finish(trained, None, model, test, cfg, run, best, train_images)
 
@@ -128,6 +142,23 @@ class Trained:
     started: float
     collected: float
     aggregated: float
+    rejected: list[Rejected]
+    kept_model: str  # why the round's aggregate was not taken; "" when it was
+
+
+def aggregate(strategy: FedAvg, server_round: int, ok: list[Message],
+              arrays: ArrayRecord) -> tuple[ArrayRecord, MetricRecord | None, str]:
+    """The strategy's new global model from the checked replies, or the previous one when there
+    are none, or when the aggregate holds a NaN or an infinity (then with the reason)."""
+    new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
+    if new_arrays is None:
+        return arrays, train_metrics, ""
+    bad = not_finite(new_arrays)
+    if bad is None:
+        return new_arrays, train_metrics, ""
+    kept = f"the aggregate is not finite (array {bad}); kept the previous model"
+    log(WARNING, "round %d: %s", server_round, kept)
+    return arrays, None, kept
 
 
 def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test: DeviceData,
@@ -156,7 +187,9 @@ def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test:
         "round", round=t.round, total=cfg.rounds, accuracy=accuracy, loss=loss,
         train_loss=t.train_metrics.get("train-loss") if t.train_metrics else None,
         train_accuracy=t.train_metrics.get("train-accuracy") if t.train_metrics else None,
-        replies=len(t.ok), failures=t.sent - len(t.ok),
+        replies=len(t.ok), failures=t.sent - len(t.ok) - len(t.rejected),
+        rejected=len(t.rejected), rejections=[r.as_record() for r in t.rejected],
+        kept_model=t.kept_model or None,
         clients=[int(number(m["partition-id"])) for m in metrics],
         seconds=round((next_started or time.time()) - t.started, 3), train_images=train_images,
         best_accuracy=best,

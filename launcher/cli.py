@@ -82,6 +82,7 @@ CONFIG_FLAGS: dict[str, str] = {
 
 METAVARS = {int: "N", float: "X"}
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit
+MAX_RESTARTS = 1_000  # restarts of one client; more is a crash loop, not a run
 
 
 class Parser(argparse.ArgumentParser):
@@ -207,8 +208,8 @@ def launch_options(args: argparse.Namespace, local: bool, gpus: str | None,
     local = args.local if args.local is not None else local
     gpus = args.gpus if args.gpus is not None else gpus
     max_restarts = args.max_restarts if args.max_restarts is not None else max_restarts
-    if max_restarts < 0:
-        raise UsageError(f"--max-restarts must be 0 or more, got {max_restarts}")
+    if not 0 <= max_restarts <= MAX_RESTARTS:
+        raise UsageError(f"--max-restarts must be from 0 to {MAX_RESTARTS}, got {max_restarts}")
     if local and (args.serve or args.join):
         raise UsageError("--local trains on this machine alone; drop --serve/--join, or --local")
     mode: RunMode = "local" if local else "join" if args.join else "federated"

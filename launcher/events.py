@@ -103,6 +103,8 @@ class RoundFinished:
     seconds: float
     best_accuracy: float
     clients: tuple[int, ...] = ()  # partition ids that replied, on this machine or another
+    rejected: int = 0  # replies the server checked and dropped (fedcore.replies)
+    kept_model: str = ""  # why the round's aggregate was not taken; "" when it was
 
 
 @dataclass(frozen=True)

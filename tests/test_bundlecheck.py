@@ -151,3 +151,48 @@ def test_the_warm_serverapp_refuses_a_foreign_bundle_before_flower_installs_it(
     with pytest.raises(BundleRefused, match="fedcore/train.py differs"):
         runtime.install_from_fab(foreign, skip_prompt=True)
     assert installed == [ours]
+
+
+def test_the_warm_serverapp_runs_only_the_run_this_launch_submitted(
+        tmp_path: Path, trusted: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 21 item 3: a bundle of the installed fedcore that lacks this launch's key (another
+    local user's run, submitted first through the loopback Control API) is refused and named,
+    before Flower installs it; the launch's own bundle goes through."""
+    from types import SimpleNamespace
+
+    from launcher.network.runtime_secret import LAUNCH_KEY, launch_key, write_secret
+    from launcher.shim.serverhost import guard_bundle
+
+    # Prepare: this launch's secret and key; its bundle, and a stranger's without the key
+    key = launch_key(write_secret(tmp_path).read_bytes())
+    cfg = RunConfig(dataset="synthetic", clients=2, rounds=1)
+    ours = build_fab(make_app(tmp_path / "ours", cfg, {LAUNCH_KEY: key}))
+    stranger = build_fab(make_app(tmp_path / "theirs", cfg.replace(out_dir="/tmp/elsewhere")))
+    guessed = build_fab(make_app(tmp_path / "guessed", cfg, {LAUNCH_KEY: "0" * 32}))
+    installed: list[bytes] = []
+    claimed = {"run_id": 4242}
+    runtime = SimpleNamespace(install_from_fab=lambda fab, skip_prompt: installed.append(fab))
+    guard_bundle(runtime, trusted, key, claimed)
+
+    # Execute / Assert
+    for foreign in (stranger, guessed):
+        with pytest.raises(BundleRefused, match="lacks this launch's key"):
+            runtime.install_from_fab(foreign, skip_prompt=True)
+    runtime.install_from_fab(ours, skip_prompt=True)
+    assert installed == [ours]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["fedlaunch: the ServerApp refused run 4242: it lacks this launch's key: "
+                     "someone else submitted it to the SuperLink"] * 2
+    assert oct((tmp_path / "ours").stat().st_mode & 0o777) == oct(0o700)  # the key stays ours
+
+
+def test_the_launcher_names_the_refused_run_in_one_line() -> None:
+    from launcher.supervision.outcome import serverapp_folder_failure
+
+    failed = serverapp_folder_failure("serverapp", (
+        "fedlaunch: the ServerApp refused run 4242: it lacks this launch's key: someone else "
+        "submitted it to the SuperLink", "Traceback (most recent call last):", "..."))
+
+    assert failed is not None and str(failed) == (
+        "serverapp (the ServerApp) refused run 4242: it lacks this launch's key: someone else "
+        "submitted it to the SuperLink; this launch's own run cannot start: launch again")

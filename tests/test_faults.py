@@ -8,7 +8,10 @@ known bugs, marked xfail), a module fixture runs it once and the tests share its
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -305,3 +308,72 @@ def read_state(path: Path) -> tuple[str, int] | None:
         return None
     return record.get("state"), record.get("round")
 
+
+
+# --- issue 21, item 5: the run folder cannot be written mid-run --------------------------------
+
+def error_lines(run: Run) -> list[str]:
+    return [line for line in run.stdout.splitlines() if line.startswith("fedlaunch: error:")]
+
+
+def swap_metrics_for_a_folder(out: Path) -> None:
+    """metrics.jsonl becomes a folder: every append to it fails, for root too (EISDIR)."""
+    while True:
+        (out / "metrics.jsonl").rename(out / "metrics.jsonl.kept")
+        try:
+            (out / "metrics.jsonl").mkdir()
+            return
+        except FileExistsError:  # the server appended in between: that file goes aside too
+            (out / "metrics.jsonl").rename(out / f"metrics.jsonl.{time.monotonic_ns()}")
+
+
+@pytest.mark.timeout(270)
+def test_a_run_folder_that_cannot_be_written_fails_the_run_with_one_line(tmp_path: Path) -> None:
+    """Before: a traceback from the supervisor and `server ended (exit code 0)`. Now the
+    ServerApp's own failure, one line naming the file and the cause, exit 1, nothing left."""
+    with federated(tmp_path, MANY) as run:
+        run.wait_for_event("round", round=1, timeout=150)
+
+        swap_metrics_for_a_folder(run.out)
+
+        assert run.wait(90) == 1, run.report()
+        run.assert_no_orphans()
+    errors = error_lines(run)
+    assert errors == [f"fedlaunch: error: serverapp (the ServerApp) cannot write the run folder: "
+                      f"{run.out / 'metrics.jsonl'} (Is a directory)"], run.stdout[-3000:]
+    assert "Traceback" not in run.stderr and "\nTraceback" not in run.stdout, run.report()  # the
+    # ServerApp's own traceback stays in its log, shown with its `server | ` prefix
+    assert "exit code 0" not in run.stdout, run.stdout[-3000:]
+    assert run.stdout.rstrip().endswith("exit 1"), run.stdout[-500:]
+    assert json.loads((run.out / "summary.json").read_text())["exit_reason"] == "failed"
+
+
+def immutable(folder: Path, on: bool) -> bool:
+    """chattr [+-]i on `folder` and everything in it: no one, root included, may write there."""
+    done = subprocess.run(["chattr", "-R", "+i" if on else "-i", str(folder)],
+                          capture_output=True, check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.slow  # the same path as the test above, for the whole folder: kept out of the default run
+@pytest.mark.timeout(270)
+def test_an_immutable_run_folder_fails_the_run_with_one_line(tmp_path: Path) -> None:
+    """The whole folder refuses every write (as a full or read-only disk does): one line naming
+    a file in it and the cause, exit 1, nothing left running."""
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr")
+    with federated(tmp_path, MANY) as run:
+        run.wait_for_event("round", round=1, timeout=150)
+        try:
+            if not immutable(run.out, True):
+                pytest.skip("this file system has no immutable flag")
+            code = run.wait(90)
+            run.assert_no_orphans()
+        finally:
+            immutable(run.out, False)
+    assert code == 1, run.report()
+    errors = error_lines(run)
+    assert len(errors) == 1, run.stdout[-3000:]
+    assert str(run.out) in errors[0] and "(Operation not permitted)" in errors[0], errors
+    assert "Traceback" not in run.stderr and "\nTraceback" not in run.stdout, run.report()
+    assert run.stdout.rstrip().endswith("exit 1"), run.stdout[-500:]

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 
@@ -46,7 +47,7 @@ from launcher.planning.pool import WorkerChoice
 from launcher.supervision.follow import RunFollower
 from launcher.supervision.hints import explain_failure
 from launcher.tui.state import RunState
-from tests.runs import rounds, run_cli, wait_until
+from tests.runs import read_metrics, rounds, run_cli, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = RunConfig(dataset="synthetic", model="cnn", limit_train=600, limit_test=200, clients=2,
@@ -438,12 +439,13 @@ def run_role(role: str, spec: dict[str, Any]) -> int:
 class Role:
     """One role's process tree, started the way a user on another machine would start it."""
 
-    def __init__(self, name: str, spec: dict[str, Any], prefix: tuple[str, ...] = ()) -> None:
+    def __init__(self, name: str, spec: dict[str, Any], prefix: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.out = Path(spec["run_dir"]).with_suffix(".out")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(path)}
         with self.out.open("w") as out:
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, __file__, name, json.dumps(spec)], stdout=out,
@@ -567,6 +569,69 @@ def test_a_join_of_four_clients_on_one_worker_signs_each_in_with_its_key(tmp_pat
         assert kept[0] == 0 and all(k >= 4 for k in kept[1:]), trained
     register = (tmp_path / "serve" / "logs" / "register.log").read_text()
     assert register.count("registered successfully") == 4
+
+
+BAD_REPLIES = ("nan", "shape", "names", "count-huge", "count-negative", "count-fraction",
+               "no-partition", "metric-list")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow  # nine rounds across two process trees: 3.5 min on 2 loaded cores
+@pytest.mark.timeout(420)
+def test_a_joined_client_with_bad_replies_is_dropped_and_named_and_the_run_goes_on(
+        tmp_path: Path) -> None:
+    """Issue 21 item 1: a joined client whose reply is broken a different way each round (NaN
+    weights, a wrong shape, other array names, a count of 1e15, a negative or fractional count,
+    no partition id, a list for the loss): every bad reply is dropped and named, the model the
+    good client trains stays finite, and the run completes (before: a crash after 0 rounds, or
+    a NaN model and exit 0)."""
+    # Prepare: a server with partition 0 here, partition 1 joined and misbehaving
+    tls = generate(tmp_path / "tls", [])
+    address = f"127.0.0.1:{free_port()}"
+    total = len(BAD_REPLIES) + 1  # the last round: the joined client behaves
+    roles: list[Role] = []
+    try:
+        serve = Role("serve", {"run_dir": str(tmp_path / "serve"), "clients": 2, "rounds": total,
+                               "address": address, "local": [0, 1], "certs": str(tls.dir)})
+        roles.append(serve)
+        join = Role("join", {"run_dir": str(tmp_path / "join"), "clients": 2, "rounds": total,
+                             "ids": [1, 2], "address": address, "ca": str(tls.ca_cert)},
+                    env={"FEDLAUNCH_SIMULATE_BAD_REPLY": ",".join(BAD_REPLIES)})
+        roles.append(join)
+
+        # Execute
+        served = serve.finish(360)
+    finally:
+        for role in roles:
+            role.stop()
+
+    # Assert: every round completed; the bad ones kept partition 0's reply alone
+    assert served["exit_code"] == 0, serve.out.read_text()[-3000:]
+    records = read_metrics(tmp_path / "serve")
+    ends = [r for r in records if r["event"] == "round"]
+    assert [(r["round"], r["clients"], r["rejected"]) for r in ends] == [
+        *((n, [0], 1) for n in range(1, total)), (total, [0, 1], 0)]
+    assert all(np.isfinite(r["loss"]) for r in ends)
+    rejected = [r for r in records if r["event"] == "rejected"]
+    assert [r["round"] for r in rejected] == list(range(1, total))
+    node = rejected[0]["node_id"]
+    assert all(r["node_id"] == node for r in rejected)
+    assert [r["partition_id"] for r in rejected] == [1, 1, 1, 1, 1, 1, None, 1]
+    reasons = [r["reason"] for r in rejected]
+    for reason, expected in zip(reasons, ["NaN or infinite", "the model's is float32",
+                                          "instead of the model's", "num-examples 1000000000000000",
+                                          "num-examples -5", "num-examples 2.5",
+                                          "metric partition-id missing",
+                                          "metric train-loss is list"], strict=True):
+        assert expected in reason, reasons
+    for end, bad in zip(ends, rejected, strict=False):
+        assert end["rejections"] == [{k: bad[k] for k in ("node_id", "partition_id", "reason")}]
+    log = (tmp_path / "serve" / "logs" / "server.log").read_text()
+    assert f"round 4: rejected the reply of node {node} (partition 1): num-examples" in log
+    out = serve.out.read_text()  # the Notice each rejection becomes, as the TUI and log show it
+    assert f"round 1: rejected the reply of node {node} (partition 1)" in out
+    summary = json.loads((tmp_path / "serve" / "summary.json").read_text())
+    assert summary["exit_reason"] == "completed" and summary["rounds_completed"] == total
 
 
 @pytest.mark.e2e

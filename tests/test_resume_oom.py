@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.runs import SMALL, Run, rounds, run_cli
+from fedcore.rundir import drop_torn_tail
+from tests.runs import SMALL, Run, read_metrics, rounds, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -30,13 +31,20 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path, engine
         run.assert_no_orphans()
     done_before = [r["round"] for r in rounds(out)]
     assert done_before[:2] == [1, 2]
+    torn = b'{"event": "round", "round": 3, "accur'  # a record cut short by a crash mid-write
+    with (out / "metrics.jsonl").open("ab") as fh:
+        fh.write(torn)
 
     # Execute
     resumed = run_cli(["--resume", str(out), "--headless", "--engine", engine], tmp_path,
                       timeout=180)
 
-    # Assert: rounds go on after the checkpoint, at most the interrupted round is redone
+    # Assert: the torn line is dropped, and said so; every line after it is whole
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
+    assert (f"fedlaunch: --resume: dropped the torn last line of metrics.jsonl ({len(torn)} bytes"
+            in resumed.stdout), resumed.stdout[:2000]
+    assert [r["event"] for r in read_metrics(out)].count("launch") == 2  # each line parses
+    # rounds go on after the checkpoint, at most the interrupted round is redone
     assert "resuming after round" in (out / "logs" / SERVER_LOG[engine]).read_text()
     records = rounds(out)
     last_of = {r["round"]: r for r in records}
@@ -46,6 +54,28 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path, engine
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exit_reason"] == "completed"
     assert summary["rounds_completed"] == 4
+
+
+@pytest.mark.parametrize(("content", "kept"), [
+    (b'{"a": 1}\n{"b": 2}\n', b'{"a": 1}\n{"b": 2}\n'),
+    (b'{"a": 1}\n{"b": 2}\n{"c"', b'{"a": 1}\n{"b": 2}\n'),
+    (b'{"only": "torn', b""),
+    (b"", b""),
+    (b'{"a": 1}\n' + b"x" * 200_000, b'{"a": 1}\n'),  # a torn line longer than a read block
+])
+def test_drop_torn_tail_keeps_the_whole_lines(tmp_path: Path, content: bytes, kept: bytes) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(content)
+
+    dropped = drop_torn_tail(path)
+
+    assert path.read_bytes() == kept
+    assert dropped == len(content) - len(kept)
+
+
+def test_drop_torn_tail_of_no_file_is_nothing(tmp_path: Path) -> None:
+    assert drop_torn_tail(tmp_path / "metrics.jsonl") == 0
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path: Path) -> None:

@@ -170,6 +170,19 @@ async def test_serving_side_shows_remote_clients_by_their_replies() -> None:
         assert cell(table, 2, "round").plain.strip() == "1"
 
 
+async def test_the_round_line_counts_the_replies_the_server_rejected() -> None:
+    events: list[Event] = [
+        RunStarted("serve", "federated", "cnn", "cifar10", "iid", 10, 2, "/runs/serve",
+                   NOW - 30.0, {0: 0}),
+        RoundFinished(1, 10, 0.3, 2.0, 2.1, 1, 5.0, 0.3, clients=(0,), rejected=1),
+        RoundFinished(2, 10, 0.3, 2.0, 2.1, 0, 5.0, 0.3, clients=(), rejected=2),
+    ]
+    script = Script(events)
+    async with script.app().run_test(size=(120, 40)) as pilot:
+        await settle(pilot, script)
+        assert str(pilot.app.query_one("#round-label", Label).render()) == "round 2/10  3 rejected"
+
+
 async def test_a_join_shows_the_round_its_clients_are_in() -> None:
     """--join sees no server metrics: the round is the one its clients train, of an unknown
     total, and the bar shows how far they are into it."""

@@ -11,6 +11,7 @@ and nothing else may be in it (no other package, no compiled `.pyc`, no `.pth`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib.util
 import io
 import tomllib
@@ -79,6 +80,20 @@ def check_bundle(content: bytes, trusted: dict[str, str], package: str = PACKAGE
     if missing:
         raise BundleRefused(f"{package}/{missing[0]} of the installed {package} is not in it "
                             f"({len(missing)} file(s) missing)")
+
+
+def check_launch_key(content: bytes, key: str, name: str) -> None:
+    """Raise BundleRefused unless the FAB's app config holds `name` = `key`: the mark of the run
+    this launch submitted (launcher.network.runtime_secret)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            config = tomllib.loads(archive.read("pyproject.toml").decode())
+    except (KeyError, zipfile.BadZipFile, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BundleRefused(f"its pyproject.toml cannot be read ({exc})") from None
+    given = config.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}).get(name)
+    if not isinstance(given, str) or not hmac.compare_digest(given, key):
+        raise BundleRefused("it lacks this launch's key: someone else submitted it to the "
+                            "SuperLink")
 
 
 def check_components(pyproject: bytes) -> None:

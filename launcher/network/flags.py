@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from fedcore.config import RunConfig
+from fedcore.config import MOST, RunConfig
 from fedcore.errors import UsageError
 from launcher.planning.placement import Placement
 from launcher.planning.plan import Plan
@@ -30,6 +30,8 @@ def partition_range(text: str | None, flag: str = "--partition-ids") -> range | 
         raise UsageError(f"bad {flag} '{text}': give A-B, e.g. 0-3, or one id") from None
     if start < 0 or stop <= start:
         raise UsageError(f"bad {flag} '{text}': ids start at 0 and A must not exceed B")
+    if stop > MOST["clients"]:
+        raise UsageError(f"bad {flag} '{text}': a run has at most {MOST['clients']:,} clients")
     return range(start, stop)
 
 
@@ -66,6 +68,9 @@ def network_plan(args: argparse.Namespace,
         address = remote.parse_address(args.join, "--join")
         if ids is None or args.num_partitions is None:
             raise UsageError("--join needs --partition-ids A-B and --num-partitions N")
+        if not 1 <= args.num_partitions <= MOST["clients"]:
+            raise UsageError(f"--num-partitions must be from 1 to {MOST['clients']:,}, "
+                             f"got {args.num_partitions}")
         if args.clients is not None and args.clients != len(ids):
             raise UsageError(f"--clients {args.clients} but --partition-ids {args.partition_ids} "
                              f"names {len(ids)}; drop --clients or make them agree")

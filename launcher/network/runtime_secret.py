@@ -9,11 +9,21 @@ client's or the ServerApp's task. One random secret per launch, mode 0600, in th
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
 
 FLAG = "--superexec-auth-secret-file"
+# The app config key of the run a launch submits: a value derived from the launch's secret, so
+# that its warm ServerApp runs that run only, never one someone else submitted first.
+LAUNCH_KEY = "launch-key"
+
+
+def launch_key(secret: bytes) -> str:
+    """This launch's value of LAUNCH_KEY (the secret itself never leaves its 0600 file)."""
+    return hmac.new(secret, b"fedlaunch launch key", hashlib.sha256).hexdigest()[:32]
 
 
 def secret_path(run_dir: Path) -> Path:

@@ -57,15 +57,17 @@ def toml_table(values: dict[str, Any]) -> str:
     return "\n".join(f"{key} = {toml_value(value)}" for key, value in values.items()) + "\n"
 
 
-def make_app(folder: Path, cfg: RunConfig) -> Path:
-    """Copy the fedcore package beside a pyproject whose config defaults are `cfg`."""
-    folder.mkdir(parents=True, exist_ok=True)
+def make_app(folder: Path, cfg: RunConfig, extra: dict[str, str] | None = None) -> Path:
+    """Copy the fedcore package beside a pyproject whose config defaults are `cfg` (and `extra`:
+    the launch's key). Only its owner may read it: the key must not leak before it is submitted."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
     source = Path(fedcore.__file__).parent
     target = folder / "fedcore"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    config = toml_table(cfg.to_run_config())
+    config = toml_table({**cfg.to_run_config(), **(extra or {})})
     (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(config=config), encoding="utf-8")
     return folder
 

@@ -208,7 +208,9 @@ def serverapp_spec(run_dir: Path, port: int, ca: str | None, gpu: GpuInfo | None
         name="serverapp", role="serverapp",
         argv=(sys.executable, "-m", "launcher.shim.serverhost", *tls, "--runtime-api-address",
               f"127.0.0.1:{port}", SECRET_FLAG, str(secret_path(run_dir))),
-        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(gpu)},
+        # the ServerApp writes here, never where a submitted run config says (fedcore.server_app)
+        env={**FLWR_ENV, "FLWR_HOME": flwr_home(run_dir, "superlink"), **client_env(gpu),
+             "FEDLAUNCH_OUT_DIR": str(run_dir)},
         gpu=gpu.index if gpu else None,
     )
 

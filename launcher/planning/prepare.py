@@ -16,7 +16,7 @@ from fedcore.catalog import check_model, check_strategy
 from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from fedcore.partition_spec import parse_partition
-from fedcore.rundir import CONFIG, PROGRESS, RunDir, refuse_symlinks
+from fedcore.rundir import CONFIG, METRICS, PROGRESS, RunDir, drop_torn_tail, refuse_symlinks
 from launcher.kinds import Engine, Executor, RunMode
 from launcher.planning.footprint import client_footprint, server_footprint
 from launcher.planning.gpus import Nvml
@@ -242,7 +242,8 @@ def forget(run_dir: Path, keep_folder: bool) -> None:
 
 def prepare_resume(run_dir: Path) -> None:
     """A run folder to continue may come from someone else: no symlinks in it, and what fedlaunch
-    builds at each launch (the Flower app, Flower's homes, progress files) is made afresh."""
+    builds at each launch (the Flower app, Flower's homes, progress files) is made afresh; a
+    torn last line of metrics.jsonl is dropped, so the records appended next stay whole."""
     refuse_symlinks(run_dir, f"--resume {run_dir}")
     for name in REBUILT:
         target = run_dir / name
@@ -253,6 +254,13 @@ def prepare_resume(run_dir: Path) -> None:
                 target.unlink()
         except OSError as exc:
             raise UsageError(f"--resume {run_dir}: cannot clear {name}/ ({exc.strerror})") from None
+    try:
+        dropped = drop_torn_tail(run_dir / METRICS)
+    except OSError as exc:
+        raise UsageError(f"--resume {run_dir}: cannot repair {METRICS} ({exc.strerror})") from None
+    if dropped:
+        say(f"--resume: dropped the torn last line of {METRICS} ({dropped} bytes, written when "
+            "the run stopped mid-write)")
 
 
 def resume_data_dir(saved: str, given: str | None) -> str:

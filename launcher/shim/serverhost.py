@@ -23,10 +23,12 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
-from launcher.network.bundlecheck import check_bundle, installed_manifest
+from launcher.network.bundlecheck import BundleRefused, check_bundle, check_launch_key, installed_manifest
+from launcher.network.runtime_secret import LAUNCH_KEY, launch_key
 from launcher.shim import flwr_internals as fi
 
 ACQUIRE = "/flwr.proto.Runtime/AcquireTask"
+REFUSED = "fedlaunch: the ServerApp refused run "  # the launcher's one-line reason (outcome.py)
 POLL = 0.05  # seconds between AcquireTask calls until `flwr run` has submitted the run
 
 
@@ -40,19 +42,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def guard_bundle(runtime: Any, trusted: dict[str, str]) -> None:
-    """Check the run's app bundle before Flower's ServerApp runtime installs a byte of it."""
+def guard_bundle(runtime: Any, trusted: dict[str, str], key: str | None = None,
+                 claimed: dict[str, int] | None = None) -> None:
+    """Check the run's app bundle before Flower's ServerApp runtime installs a byte of it: the
+    installed fedcore's, and (with `key`) the one this launch submitted. A run someone else
+    submitted first is refused and named (`claimed["run_id"]`) in one line."""
     install = runtime.install_from_fab
 
     def checked_install(fab_file: Any, *args: Any, **kwargs: Any) -> Any:
-        check_bundle(fab_file, trusted)
+        try:
+            check_bundle(fab_file, trusted)
+            if key is not None:
+                check_launch_key(fab_file, key, LAUNCH_KEY)
+        except BundleRefused as exc:
+            run = (claimed or {}).get("run_id")
+            print(f"{REFUSED}{run if run is not None else '?'}: {exc}", file=sys.stderr,
+                  flush=True)
+            raise
         return install(fab_file, *args, **kwargs)
 
     runtime.install_from_fab = checked_install
 
 
 def claim(address: str, secret: bytes, certificates: bytes | None,
-          stopping: Any) -> str | None:
+          stopping: Any, claimed: dict[str, int] | None = None) -> str | None:
     """The ServerApp task's token, once `flwr run` has submitted the run (None: told to stop).
 
     Until the SuperLink answers, each call fails at once and is tried again POLL later: Flower's
@@ -77,6 +90,8 @@ def claim(address: str, secret: bytes, certificates: bytes | None,
                 time.sleep(POLL)
                 continue
             if res.HasField("task") and res.token:
+                if claimed is not None:
+                    claimed["run_id"] = int(res.task.run_id)
                 return str(res.token)
             time.sleep(POLL)
     finally:
@@ -105,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     if (why := check_pinned_gpu()) is not None:  # the run fails at once, naming the GPU and fix
         print(f"fedlaunch: error: the ServerApp's {why}", file=sys.stderr, flush=True)
         return 2
-    guard_bundle(runtime, trusted)
+    claimed: dict[str, int] = {}
+    guard_bundle(runtime, trusted, launch_key(secret), claimed)
     print(f"fedlaunch: warm ServerApp pid {os.getpid()} ready; waiting for the run", flush=True)
-    token = claim(args.runtime_api_address, secret, certificates, lambda: stop["now"])
+    token = claim(args.runtime_api_address, secret, certificates, lambda: stop["now"], claimed)
     if token is None:
         return 0
     log_queue: Queue[str | None] = Queue()

@@ -140,7 +140,13 @@ def metric_event(record: dict[str, Any]) -> Event | None:
                 seconds=float(record.get("seconds", 0.0)),
                 best_accuracy=float(record.get("best_accuracy", record["accuracy"])),
                 clients=tuple(int(c) for c in record.get("clients", ())),
+                rejected=int(record.get("rejected") or 0),
+                kept_model=str(record.get("kept_model") or ""),
             )
+        if kind == "rejected":
+            return Notice("warning", f"round {int(record['round'])}: rejected the reply of node "
+                                     f"{int(record['node_id'])} (partition "
+                                     f"{record.get('partition_id')}): {record['reason']}")
     except (KeyError, TypeError, ValueError):
         return None
     return None

@@ -58,6 +58,10 @@ class HeadlessPrinter:
         elif isinstance(event, RoundFinished):
             train = f"  train loss {event.train_loss:.4f}" if event.train_loss is not None else ""
             replies = f"  replies {event.replies}" if self.unit == "round" else ""
+            if event.rejected:
+                replies += f"  rejected {event.rejected}"
+            if event.kept_model:
+                replies += f"  ({event.kept_model})"
             self._write(self._bold(
                 f"{self.unit} {event.round}/{event.total}  accuracy {event.accuracy:.4f}  "
                 f"loss {event.loss:.4f}{train}{replies}  elapsed "

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
+
+from fedcore.rundir import RUN_FOLDER_FAILED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGHUP = 128 + signal.SIGHUP  # 129: the terminal or SSH session went away
@@ -23,3 +27,33 @@ class RunFailed(Exception):
         super().__init__(f"{process} {reason}")
         self.process = process
         self.tail = tail
+
+
+RUN_FOLDER = "run folder"  # the failed "process" of a run whose folder cannot be written
+SERVERAPP_LINE = f"fedlaunch: {RUN_FOLDER_FAILED}"  # what the ServerApp prints then (fedcore.rundir)
+
+
+def folder_failed(exc: OSError, run_dir: Path) -> RunFailed | None:
+    """`run folder PATH cannot be written (CAUSE)` when `exc` is about a file in `run_dir`."""
+    name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes) else ""
+    if not name:
+        return None
+    where, base = Path(os.path.abspath(name)), Path(os.path.abspath(run_dir))
+    if where != base and base not in where.parents:
+        return None
+    return RunFailed(RUN_FOLDER, f"{where} cannot be written ({exc.strerror or type(exc).__name__})")
+
+
+REFUSED_RUN = "fedlaunch: the ServerApp refused run "  # launcher.shim.serverhost.REFUSED
+
+
+def serverapp_folder_failure(name: str, tail: tuple[str, ...]) -> RunFailed | None:
+    """The ServerApp's own line saying which file of the run folder it could not write, or which
+    run, submitted by someone else, it refused to run."""
+    for line in reversed(tail):
+        if line.startswith(SERVERAPP_LINE):
+            return RunFailed(name, f"(the ServerApp) {line.removeprefix('fedlaunch: ')}")
+        if line.startswith(REFUSED_RUN):
+            return RunFailed(name, f"(the ServerApp) refused run {line.removeprefix(REFUSED_RUN)}; "
+                             "this launch's own run cannot start: launch again")
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import re
@@ -13,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import psutil
 
@@ -80,6 +82,7 @@ class ManagedProcess:
         self.tail: deque[str] = deque(maxlen=40)
         self.known: dict[int, psutil.Process] = {}
         self.stopping = False
+        self.write_error: OSError | None = None  # the first failed write of its log file
 
     @property
     def name(self) -> str:
@@ -114,7 +117,8 @@ class ManagedProcess:
         """Copy the child's output to its log file line by line, then wait for it to exit."""
         assert proc.stdout is not None
         pending = ""
-        with self.log_path.open("a", buffering=1, errors="replace") as log:
+        log = self._open_log()
+        try:
             while chunk := await proc.stdout.read(65536):
                 pending += chunk.decode(errors="replace")
                 *lines, pending = LINE_SPLIT.split(pending)
@@ -122,13 +126,31 @@ class ManagedProcess:
                     self._emit(line, log)
             if pending:
                 self._emit(pending, log)
+        finally:
+            if log is not None:
+                with contextlib.suppress(OSError):
+                    log.close()
         await proc.wait()
 
-    def _emit(self, line: str, log: object) -> None:
+    def _open_log(self) -> TextIO | None:
+        try:
+            return self.log_path.open("a", buffering=1, errors="replace")
+        except OSError as exc:
+            self.write_error = self.write_error or exc
+            return None
+
+    def _emit(self, line: str, log: TextIO | None) -> None:
+        """One line to the log file, the tail and the callback. A log that cannot be written
+        is noted (write_error), and the child's output still read: a child blocked on a full
+        pipe could never stop."""
         line = ANSI.sub("", line).rstrip()
         if not line:
             return
-        log.write(line + "\n")  # type: ignore[attr-defined]
+        if log is not None and self.write_error is None:
+            try:
+                log.write(line + "\n")
+            except OSError as exc:  # a write names no file: say which
+                self.write_error = OSError(exc.errno, exc.strerror, str(self.log_path))
         self.tail.append(line)
         self.on_line(self.name, line)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from launcher.network import nodeauth
+from launcher.network.runtime_secret import LAUNCH_KEY, launch_key, secret_path
 from launcher.planning.bundle import make_app, write_flwr_config
 from launcher.planning.plan import FEDERATION, FLWR_ENV, Plan, bin_path, run_config_toml
 from launcher.supervision.outcome import RunFailed
@@ -28,8 +29,10 @@ def child_base_env() -> dict[str, str]:
 
 
 def write_flower_files(plan: Plan) -> None:
-    """The app bundle, its run config and `flwr run`'s home, for a run whose SuperLink is here."""
-    make_app(plan.run_dir / "app", plan.cfg)
+    """The app bundle, its run config and `flwr run`'s home, for a run whose SuperLink is here.
+    The bundle carries this launch's key (after write_secret): its ServerApp runs no other run."""
+    key = launch_key(secret_path(plan.run_dir).read_bytes())
+    make_app(plan.run_dir / "app", plan.cfg, {LAUNCH_KEY: key})
     (plan.run_dir / "run_config.toml").write_text(run_config_toml(plan.cfg))
     ca = Path(plan.root_certificates) if plan.root_certificates else None
     write_flwr_config(plan.run_dir / "flwr" / "submit", plan.superlink_address, ca)

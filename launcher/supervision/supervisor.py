@@ -38,6 +38,8 @@ from launcher.supervision.outcome import (
     STOP_CODES,
     STOP_SIGNALS,
     RunFailed,
+    folder_failed,
+    serverapp_folder_failure,
 )
 from launcher.supervision.poolwait import wait_for_pool
 from launcher.supervision.procs import ManagedProcess, ProcessFactory, stop_all
@@ -49,6 +51,8 @@ from launcher.supervision.startup import (
     write_flower_files,
 )
 from launcher.supervision.watchdog import Watchdog
+
+SERVERAPP_GRACE = 5.0  # seconds a failed ServerApp may take to end after `flwr run` did
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_SIGINT", "EXIT_SIGTERM", "RunFailed", "Supervisor"]
 
@@ -129,7 +133,10 @@ class Supervisor:
             await self._start_all()
             reason = await self._follow()
             code = STOP_CODES.get(reason, EXIT_OK)
-        except RunFailed as exc:
+        except (RunFailed, OSError) as error:
+            exc = error if isinstance(error, RunFailed) else folder_failed(error, self.plan.run_dir)
+            if exc is None:  # not the run folder's: a bug, with its traceback
+                raise
             reason, code, failed, tail = "failed", EXIT_FAILED, exc.process, exc.tail
             self.bus.publish(Notice("error", str(exc)))
             if hint := explain_failure(exc.tail):
@@ -144,9 +151,18 @@ class Supervisor:
             self.bus.publish(Notice("error", self._out_of_memory))
         if self._stop_reason and reason == "failed":
             reason, code = self._stop_reason, STOP_CODES[self._stop_reason]
-        summary = self._write_summary(reason, self.clock() - started)
+        summary, unwritten = self._write_summary(reason, self.clock() - started)
+        if unwritten is not None:  # the run folder cannot be written: the run fails, named
+            if (exc := folder_failed(unwritten, self.plan.run_dir)) is None:
+                raise unwritten
+            if failed is None:  # else the failure already named is the one line
+                self.bus.publish(Notice("error", str(exc)))
+                failed, tail = exc.process, ()
+            if code == EXIT_OK:
+                reason, code = "failed", EXIT_FAILED
+                summary["exit_reason"] = reason
         self.bus.publish(RunFinished(reason, code, summary, failed, tuple(tail)))
-        if self.afterwards is not None:
+        if self.afterwards is not None and unwritten is None:
             self.afterwards(self.plan.run_dir)
         return code
 
@@ -170,10 +186,10 @@ class Supervisor:
     def _prepare(self) -> None:
         self.rundir.create()
         self.rundir.append_metric("launch", mode=self.plan.mode, resumed=self.plan.resumed)
-        if any(p.role == "superlink" for p in self.plan.processes):
-            write_flower_files(self.plan)
         if self.plan.mode != "local":  # a new SuperExec secret for this launch's runtime APIs
             write_secret(self.plan.run_dir)
+        if any(p.role == "superlink" for p in self.plan.processes):
+            write_flower_files(self.plan)
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -237,6 +253,10 @@ class Supervisor:
             if self.follower.ended() is not None:
                 # The app wrote its 'end' record: the run is complete, whatever is still running.
                 return "completed"
+            for proc in self.processes.values():  # a log file of the run folder failed
+                if proc.write_error is not None:
+                    raise folder_failed(proc.write_error, self.plan.run_dir) or RunFailed(
+                        proc.name, f"cannot write its log ({proc.write_error})")
             if self._stop_reason:
                 return self._stop_reason
             if self.monotonic() >= next_gpu:
@@ -287,6 +307,25 @@ class Supervisor:
         ServerApp starved of CPU: see hints.py)."""
         return (*proc.tail, *((self._refused,) if self._refused else ()))
 
+    async def _serverapp_failed(self) -> RunFailed | None:
+        """When a process the run lives by has ended: the ServerApp's failure, if it failed
+        (given up to SERVERAPP_GRACE to end, as `flwr run` may end first, with 0)."""
+        proc = next((p for p in self.processes.values() if p.spec.role == "serverapp"), None)
+        if proc is None:
+            return None
+        if proc.returncode is None and not serverapp_folder_failure(proc.name, tuple(proc.tail)):
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), SERVERAPP_GRACE)
+            except TimeoutError:
+                pass
+        if (failed := serverapp_folder_failure(proc.name, tuple(proc.tail))) is not None:
+            return failed
+        if proc.returncode in (None, 0):
+            return None
+        return RunFailed(
+            proc.name, f"(the ServerApp) exited with code {proc.returncode} before the run "
+            "completed", self._serverapp_tail(proc))
+
     async def _check_processes(self) -> str | None:
         for name, proc in list(self.processes.items()):
             if proc.returncode is None or proc.stopping:
@@ -302,9 +341,8 @@ class Supervisor:
                 self._publish_events()
                 if self.follower.ended() is not None:
                     return "completed"
-                if proc.spec.role == "serverapp":
-                    raise RunFailed(name, f"(the ServerApp) exited with code {proc.returncode} "
-                                    "before the run completed", self._serverapp_tail(proc))
+                if (failed := await self._serverapp_failed()) is not None:
+                    raise failed  # the ServerApp's own failure, not `flwr run` ending with 0
                 raise RunFailed(name, f"ended (exit code {proc.returncode}) before the run "
                                 "completed", tuple(proc.tail))
             if on_exit == "fatal":
@@ -355,11 +393,25 @@ class Supervisor:
             await asyncio.gather(stop_all(clients, grace), *waits, return_exceptions=True)
         await stop_all(list(self.processes.values()), grace)
 
-    def _write_summary(self, reason: str, wall: float) -> dict[str, object]:
-        self.rundir.create()
-        if self.follower.ended() is None and reason != "completed":
-            self.rundir.append_metric("end", exit_reason=reason)
-        summary = summarize(self.rundir, mode=self.plan.mode, exit_reason=reason, wall_seconds=wall)
+    def _write_summary(self, reason: str, wall: float) -> tuple[dict[str, object], OSError | None]:
+        """metrics.jsonl's end record and summary.json, each as far as the run folder lets it
+        be written; the summary, and the first write that failed."""
+        error: OSError | None = None
+        try:
+            self.rundir.create()
+            if self.follower.ended() is None and reason != "completed":
+                self.rundir.append_metric("end", exit_reason=reason)
+        except OSError as exc:
+            error, reason = exc, "failed"
+        try:
+            records = self.rundir.metrics()
+        except OSError:  # metrics.jsonl unreadable: the records as the launcher read them
+            records = self.follower.records
+        summary = summarize(self.rundir, mode=self.plan.mode, exit_reason=reason,
+                            wall_seconds=wall, records=records)
         summary["restarts"] = dict(self.restarts)
-        self.rundir.write_summary(summary)
-        return summary
+        try:
+            self.rundir.write_summary(summary)
+        except OSError as exc:
+            error = error or exc
+        return summary, error

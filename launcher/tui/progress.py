@@ -10,7 +10,8 @@ from launcher.tui.state import RunState
 
 
 class RoundProgress(Horizontal):
-    """`round 3/10` (`epoch` for a local run) and a bar that moves inside a round too."""
+    """`round 3/10` (`epoch` for a local run) and a bar that moves inside a round too; once the
+    server has dropped bad replies, their count: `round 3/10  2 rejected`."""
 
     def compose(self) -> ComposeResult:
         yield Label("round -/-", id="round-label")
@@ -27,5 +28,6 @@ class RoundProgress(Horizontal):
             label.update(f"{state.unit} {shown or '-'}/?")
             bar.update(total=1, progress=state.progress() - state.completed)
             return
-        label.update(f"{state.unit} {shown}/{state.total}")
+        rejected = f"  {state.rejected} rejected" if state.rejected else ""
+        label.update(f"{state.unit} {shown}/{state.total}{rejected}")
         bar.update(total=max(state.total, 1), progress=state.progress())

@@ -117,6 +117,11 @@ class RunState:
         return self.rounds[-1].round if self.rounds else 0
 
     @property
+    def rejected(self) -> int:
+        """Replies the server dropped as bad, over the whole run."""
+        return sum(r.rejected for r in self.rounds)
+
+    @property
     def best_accuracy(self) -> float | None:
         return max(r.accuracy for r in self.rounds) if self.rounds else None
 
