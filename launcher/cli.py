@@ -158,6 +158,14 @@ def build_parser() -> Parser:
                      help="SuperNode authentication (needs TLS): --serve admits only the nodes "
                      "whose DIR/*.pub it registers; each client signs in with "
                      "DIR/node-<partition id>.key (`fedlaunch certs DIR --node-keys N`)")
+    net.add_argument("--gateway-max-body", metavar="SIZE",
+                     help="--serve: largest request body a client may send (default 16MiB)")
+    net.add_argument("--gateway-max-header", metavar="SIZE",
+                     help="--serve: largest request head (default 16KiB)")
+    net.add_argument("--gateway-max-connections", metavar="N",
+                     help="--serve: open connections in all, a quarter per address (default 1024)")
+    net.add_argument("--gateway-timeout", metavar="S",
+                     help="--serve: seconds a request may take to arrive (default 120)")
     settings = parser.add_argument_group("training (flags override the profile)")
     for key, text in CONFIG_FLAGS.items():
         default = getattr(defaults, key.replace("-", "_"))

@@ -31,6 +31,7 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from launcher.events import RunStarted
 from launcher.network.certs import CertPaths, certs_main, generate, server_names
+from launcher.network.gateway_limits import Limits
 from launcher.network.nodeauth import generate_node_keys
 from launcher.network.remote import (
     Address,
@@ -411,7 +412,8 @@ def run_role(role: str, spec: dict[str, Any]) -> int:
         local = range(*spec.get("local", (0, 0)))
         plan = serve_plan(cfg, run_dir, cpu(len(local)), parse_address(spec["address"]),
                           Path(spec["certs"]) if spec.get("certs") else None, insecure=False,
-                          local_partitions=local, node_keys=keys)
+                          local_partitions=local, node_keys=keys,
+                          limits=Limits(**spec.get("limits", {})))
     else:
         ids = range(*spec["ids"])
         pool = WorkerChoice(spec["workers"], "test") if spec.get("workers") else None
