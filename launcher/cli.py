@@ -25,6 +25,7 @@ from fedcore.config import (
 from fedcore.errors import UsageError
 from launcher.kinds import EXECUTORS, RunMode
 from launcher.network.flags import network_plan
+from launcher.planning.flower_version import check_flower
 from launcher.planning.prepare import (
     LaunchOptions,
     default_run_dir,
@@ -358,7 +359,10 @@ def launch(argv: list[str]) -> int:
         cfg, opts = resolve_config(args)
         run_dir = run_folder(args.out)
     local_clients, remote = network_plan(args, opts)
+    flower = None if opts.mode == "local" else check_flower()  # before the run folder is claimed
     plan = make_plan(cfg, run_dir, opts, local_clients=local_clients, remote=remote)
+    if flower is not None:
+        plan = plan.warn(flower)
     if cfg.pretrained and not args.dry_run and opts.mode != "join":
         fetch_pretrained(cfg.model)
     if args.dry_run:

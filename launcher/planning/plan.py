@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import socket
@@ -55,6 +56,12 @@ class Plan:
             return dict.fromkeys(self.pooled)
         return {spec.client: spec.gpu for spec in self.processes
                 if spec.role in ("supernode", "local") and spec.client is not None}
+
+    def warn(self, warning: str) -> Plan:
+        """This plan with one more warning (shown with the placement's at start-up)."""
+        placement = dataclasses.replace(self.placement,
+                                        warnings=(*self.placement.warnings, warning))
+        return dataclasses.replace(self, placement=placement)
 
     def describe(self) -> str:
         """A human-readable plan: each process, its GPU, its command line."""
