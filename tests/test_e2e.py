@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.shim.supernode import EARLY_REPLY_NOTE
 from tests.runs import (
     BIN,
     ROOT,
@@ -48,6 +49,8 @@ def test_federated_run_completes_and_leaves_nothing_running(tmp_path: Path) -> N
     logs = {p.name for p in (out / "logs").iterdir()}
     assert {"superlink.log", "server.log", "client-0.log", "client-1.log", "client-2.log"} <= logs
     assert "round 2/2" in (out / "logs" / "server.log").read_text()
+    # the SuperNode's early-reply hook fired on a real reply (launcher/shim/supernode.py)
+    assert EARLY_REPLY_NOTE in (out / "logs" / "client-0.log").read_text()
     summary = read_summary(out)
     assert summary["mode"] == "federated"
     assert summary["exit_reason"] == "completed"

@@ -154,7 +154,7 @@ def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPa
     from flwr.supercore.object_store import ObjectStoreFactory
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
-    for name in ("store_message", "store_object"):  # restored after the test
+    for name in ("store_message_and_object_tree", "store_object"):  # restored after the test
         monkeypatch.setattr(InMemoryNodeState, name, getattr(InMemoryNodeState, name))
     nudge = supernode.nudge_on_replies()
     prompt = PromptTime(nudge=nudge)
@@ -165,8 +165,10 @@ def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPa
     alone = time.monotonic() - started
     assert SHORT_WAIT * 0.9 <= alone < 0.5
 
-    message = SimpleNamespace(metadata=SimpleNamespace(message_id="reply-1"))  # what it reads
-    timer = threading.Timer(0.01, state.store_message, args=(message,))
+    # What the runtime API calls with a ClientApp's reply; an empty id is refused before the
+    # object tree is looked at, and even a refused reply wakes the wait (it then looks again).
+    message = SimpleNamespace(metadata=SimpleNamespace(message_id=""))
+    timer = threading.Timer(0.01, state.store_message_and_object_tree, args=(message, None, "s"))
     timer.start()
     started = time.monotonic()
     prompt.sleep(10.0 * SHORT_WAIT)  # a short wait (< 1 s) that the store ends early
