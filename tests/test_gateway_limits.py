@@ -231,7 +231,7 @@ class Flood:
             socks = alive
             while len(socks) < self.count and (sock := self._open()) is not None:
                 socks.append(sock)
-            time.sleep(0.2)
+            time.sleep(0.5)
         for sock in socks:
             sock.close()
 
@@ -267,7 +267,7 @@ def test_a_flood_of_idle_connections_does_not_stop_a_joined_client(tmp_path: Pat
 
         # Execute: a real client joins through the flooded gateway
         join = Role("join", {"run_dir": str(tmp_path / "join"), "clients": 1, "ids": [0, 1],
-                             "address": address})
+                             "address": address, "insecure": True})
         served = serve.finish(300)
     finally:
         if flood is not None:

@@ -419,7 +419,8 @@ def run_role(role: str, spec: dict[str, Any]) -> int:
         pool = WorkerChoice(spec["workers"], "test") if spec.get("workers") else None
         plan = join_plan(cfg, run_dir, cpu(pool.workers if pool else len(ids)),
                          parse_address(spec["address"], "--join"), ids, spec["clients"],
-                         Path(spec["ca"]) if spec.get("ca") else None, insecure=False,
+                         Path(spec["ca"]) if spec.get("ca") else None,
+                         insecure=spec.get("insecure", False),
                          max_restarts=0, connect_timeout=60.0, node_keys=keys, workers=pool)
 
     def report(event: object) -> None:
