@@ -11,7 +11,7 @@ import pytest
 
 from fedcore.errors import UsageError
 from launcher.planning import flower_version
-from launcher.shim.flwr_internals import TESTED
+from launcher.planning.flower_version import TESTED
 
 
 def only(distribution: str, version: str) -> object:

@@ -1,9 +1,10 @@
 """Which Flower is installed, against the range fedlaunch was tested with; read without importing it.
 
 The launcher never imports flwr: the version comes from the package metadata of the `flwr` or
-`flwr-nightly` distribution. Outside the tested range (launcher.shim.flwr_internals.TESTED) the
-run gets a one-line warning, and a child process looks each required Flower internal up: one
-that is missing stops the launch with a one-line error naming it.
+`flwr-nightly` distribution. Outside TESTED (the releases the internals in
+launcher/shim/flwr_internals.py were read from and tested with) the run gets a one-line warning,
+and a child process looks each required Flower internal up: one that is missing stops the launch
+with a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import subprocess
 import sys
 
 from fedcore.errors import UsageError
-from launcher.shim.flwr_internals import TESTED, TESTED_RELEASE
+
+TESTED = ">=1.42,<1.43"
+TESTED_RELEASE = (1, 42)
 
 DISTRIBUTIONS = ("flwr", "flwr-nightly")
 

@@ -47,10 +47,9 @@ if TYPE_CHECKING:  # the types mypy sees; at run time each is looked up on first
     pull_and_store_message: Callable[..., int | None]  # ..._pull_and_store_message
     supernode_time: ModuleType  # the `time` module flwr's SuperNode loop sleeps with
 
-# The Flower releases these names (and launcher/shim/flwr_reliances.py) were read from and tested
-# with; `fedlaunch` warns at start-up when another is installed (launcher.planning.flower_version).
-TESTED = ">=1.42,<1.43"
-TESTED_RELEASE = (1, 42)
+# These names (and launcher/shim/flwr_reliances.py) were read from, and are tested with, the
+# Flower releases launcher.planning.flower_version.TESTED names; `fedlaunch` warns at start-up
+# when another is installed and runs `python -m launcher.shim.flwr_internals` to look them up.
 
 # attribute of this module -> (flwr module, its attribute)
 NAMES: dict[str, tuple[str, str]] = {
