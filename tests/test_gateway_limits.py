@@ -45,6 +45,25 @@ def test_bad_limits_are_one_line_errors(values: tuple[str | None, ...], message:
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_the_flags_reach_the_gateway_and_go_with_serve_only(tmp_path: Path) -> None:
+    from tests.runs import run_cli
+
+    served = run_cli(["--serve", "127.0.0.1:9999", "--clients", "2", "--dataset", "synthetic",
+                      "--gateway-max-body", "64MiB", "--gateway-timeout", "30", "--dry-run",
+                      "--out", str(tmp_path / "a")], cwd=tmp_path)
+    alone = run_cli(["--clients", "2", "--gateway-timeout", "30", "--dry-run",
+                     "--out", str(tmp_path / "b")], cwd=tmp_path)
+    bad = run_cli(["--serve", "127.0.0.1:9999", "--clients", "2", "--gateway-max-body", "1TB",
+                   "--dry-run", "--out", str(tmp_path / "c")], cwd=tmp_path)
+
+    assert served.returncode == 0, served.stderr
+    assert "--max-body 67108864 --max-header 16384 --max-connections 1024 --request-timeout 30.0" \
+        in served.stdout
+    assert (alone.returncode, alone.stderr) == (
+        2, "fedlaunch: --gateway-timeout: only with --serve (the limits of its gateway)\n")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
 # ---- on the ASGI app, with a recording upstream ----------------------------------------------
 
 async def through(app: FleetGateway, headers: list[tuple[bytes, bytes]],

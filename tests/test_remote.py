@@ -215,7 +215,7 @@ def test_serve_plan_with_tls(tmp_path: Path, certs: CertPaths) -> None:
     assert by_name["gateway"].argv[1:] == (
         "-m", "launcher.network.gateway", "--listen", "0.0.0.0:9092", "--upstream", loopback,
         "--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key),
-        "--upstream-ca", str(certs.ca_cert))
+        "--upstream-ca", str(certs.ca_cert), *Limits().argv())  # the default caps
     serverapp = by_name["serverapp"].argv
     assert serverapp[1:] == ("-m", "launcher.shim.serverhost", "--root-certificates",
                              str(certs.ca_cert), "--runtime-api-address", loopback,
