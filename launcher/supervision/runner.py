@@ -30,7 +30,7 @@ async def run_headless(plan: Plan) -> int:
 
 def run_tui(plan: Plan, *, exit_on_finish: bool = False) -> int:
     from launcher.tui.app import FedlaunchApp
-    from launcher.tui.terminal import terminal_gone
+    from launcher.tui.terminal import leave_now, terminal_gone
 
     bus = EventBus()
     final = FinalLine()
@@ -40,7 +40,10 @@ def run_tui(plan: Plan, *, exit_on_finish: bool = False) -> int:
     async def run() -> int:
         supervisor.install_signal_handlers()
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.hang_up)
-        return await supervisor.run()
+        code = await supervisor.run()
+        if terminal_gone():  # hung up: the run is down and summary.json written; no screen is
+            leave_now(code)  # left to restore, so skip Textual's teardown (seconds under load)
+        return code
 
     app = FedlaunchApp(bus, run, supervisor.request_stop, exit_on_finish=exit_on_finish)
     code = app.run()

@@ -11,6 +11,7 @@ thread keeps draining the queue), and `gone` tells the app that nobody is watchi
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import IO, Any
@@ -77,3 +78,15 @@ def terminal_gone() -> bool:
     """Whether the terminal the TUI drew on has closed or stopped taking output."""
     driver = HangupSafeDriver.latest
     return driver is not None and driver.terminal.gone.is_set()
+
+
+def leave_now(code: int) -> None:
+    """End the process with `code` at once, once the terminal is gone and the run is down: no
+    Textual teardown (widgets unmounted, the screen restored for nobody) and no interpreter
+    clean-up, which under load take longer than the 5 s a hung-up launcher has to be gone."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
