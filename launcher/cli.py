@@ -25,6 +25,7 @@ from fedcore.config import (
 from fedcore.errors import UsageError
 from launcher.kinds import ENGINES, EXECUTORS, Engine, RunMode
 from launcher.network.flags import network_plan
+from launcher.planning.flower_version import check_flower
 from launcher.planning.prepare import (
     LaunchOptions,
     default_run_dir,
@@ -166,6 +167,14 @@ def build_parser() -> Parser:
                      help="SuperNode authentication (needs TLS): --serve admits only the nodes "
                      "whose DIR/*.pub it registers; each client signs in with "
                      "DIR/node-<partition id>.key (`fedlaunch certs DIR --node-keys N`)")
+    net.add_argument("--gateway-max-body", metavar="SIZE",
+                     help="--serve: largest request body a client may send (default 16MiB)")
+    net.add_argument("--gateway-max-header", metavar="SIZE",
+                     help="--serve: largest request head (default 16KiB)")
+    net.add_argument("--gateway-max-connections", metavar="N",
+                     help="--serve: open connections in all, a quarter per address (default 1024)")
+    net.add_argument("--gateway-timeout", metavar="S",
+                     help="--serve: seconds a request may take to arrive (default 120)")
     settings = parser.add_argument_group("training (flags override the profile)")
     for key, text in CONFIG_FLAGS.items():
         default = getattr(defaults, key.replace("-", "_"))
@@ -378,7 +387,10 @@ def launch(argv: list[str]) -> int:
         cfg, opts = resolve_config(args)
         run_dir = run_folder(args.out)
     local_clients, remote = network_plan(args, opts)
+    flower = None if opts.mode == "local" else check_flower()  # before the run folder is claimed
     plan = make_plan(cfg, run_dir, opts, local_clients=local_clients, remote=remote)
+    if flower is not None:
+        plan = plan.warn(flower)
     if cfg.pretrained and not args.dry_run and opts.mode != "join":
         fetch_pretrained(cfg.model)
     if args.dry_run:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.shim.supernode import EARLY_REPLY_NOTE
 from tests.runs import (
     BIN,
     ROOT,
@@ -52,6 +53,8 @@ def test_federated_run_completes_and_leaves_nothing_running(tmp_path: Path, engi
     if engine == "deployment":
         assert {"superlink.log", "server.log", "client-0.log", "client-1.log", "client-2.log"} <= logs
         assert "round 2/2" in (out / "logs" / "server.log").read_text()
+        # the SuperNode's early-reply hook fired on a real reply (launcher/shim/supernode.py)
+        assert EARLY_REPLY_NOTE in (out / "logs" / "client-0.log").read_text()
     else:  # one process: the ServerApp, the virtual nodes, and the workers it forked
         assert "superlink.log" not in logs and "server.log" not in logs, logs
         assert "round 2/2" in (out / "logs" / "simulation.log").read_text()

@@ -115,7 +115,8 @@ def test_the_allowed_routes_are_the_ones_flowers_fleet_client_calls() -> None:
 class Stack:
     """A SuperLink on 127.0.0.1 and the gateway in front of it, as `--serve` starts them."""
 
-    def __init__(self, tmp: Path, tls: CertPaths | None, node_auth: bool = False) -> None:
+    def __init__(self, tmp: Path, tls: CertPaths | None, node_auth: bool = False,
+                 gateway_args: tuple[str, ...] = ()) -> None:
         self.tmp, self.tls = tmp, tls
         self.link_port, self.gate_port = free_port(), free_port()
         self.env = {**os.environ, **FLWR_ENV, "FLWR_HOME": str(tmp / "flwr")}
@@ -131,7 +132,7 @@ class Stack:
                      "--upstream-ca", str(tls.ca_cert)] if tls else [])
         self.start("gateway", [sys.executable, "-m", "launcher.network.gateway", "--listen",
                                f"127.0.0.1:{self.gate_port}", "--upstream",
-                               f"127.0.0.1:{self.link_port}", *gate_tls])
+                               f"127.0.0.1:{self.link_port}", *gate_tls, *gateway_args])
         self.wait(self.link_port)
         self.wait(self.gate_port)
 

@@ -32,6 +32,7 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from launcher.events import RunStarted
 from launcher.network.certs import CertPaths, certs_main, generate, server_names
+from launcher.network.gateway_limits import Limits
 from launcher.network.nodeauth import generate_node_keys
 from launcher.network.remote import (
     Address,
@@ -215,7 +216,7 @@ def test_serve_plan_with_tls(tmp_path: Path, certs: CertPaths) -> None:
     assert by_name["gateway"].argv[1:] == (
         "-m", "launcher.network.gateway", "--listen", "0.0.0.0:9092", "--upstream", loopback,
         "--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key),
-        "--upstream-ca", str(certs.ca_cert))
+        "--upstream-ca", str(certs.ca_cert), *Limits().argv())  # the default caps
     serverapp = by_name["serverapp"].argv
     assert serverapp[1:] == ("-m", "launcher.shim.serverhost", "--root-certificates",
                              str(certs.ca_cert), "--runtime-api-address", loopback,
@@ -412,13 +413,15 @@ def run_role(role: str, spec: dict[str, Any]) -> int:
         local = range(*spec.get("local", (0, 0)))
         plan = serve_plan(cfg, run_dir, cpu(len(local)), parse_address(spec["address"]),
                           Path(spec["certs"]) if spec.get("certs") else None, insecure=False,
-                          local_partitions=local, node_keys=keys)
+                          local_partitions=local, node_keys=keys,
+                          limits=Limits(**spec.get("limits", {})))
     else:
         ids = range(*spec["ids"])
         pool = WorkerChoice(spec["workers"], "test") if spec.get("workers") else None
         plan = join_plan(cfg, run_dir, cpu(pool.workers if pool else len(ids)),
                          parse_address(spec["address"], "--join"), ids, spec["clients"],
-                         Path(spec["ca"]) if spec.get("ca") else None, insecure=False,
+                         Path(spec["ca"]) if spec.get("ca") else None,
+                         insecure=spec.get("insecure", False),
                          max_restarts=0, connect_timeout=60.0, node_keys=keys, workers=pool)
 
     def report(event: object) -> None:

@@ -153,7 +153,7 @@ def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPa
     from flwr.supercore.object_store import ObjectStoreFactory
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
-    for name in ("store_message", "store_object"):  # restored after the test
+    for name in ("store_message_and_object_tree", "store_object"):  # restored after the test
         monkeypatch.setattr(InMemoryNodeState, name, getattr(InMemoryNodeState, name))
     nudge = supernode.nudge_on_replies()
     waits: list[tuple[float | None, bool]] = []  # each wait on the nudge: (its limit, woken)
@@ -173,8 +173,10 @@ def test_a_stored_reply_ends_the_short_wait_at_once(monkeypatch: pytest.MonkeyPa
     assert waits == [(SHORT_WAIT, False)]  # no store: the whole SHORT_WAIT, not the 0.5 s asked
     assert time.monotonic() - started >= SHORT_WAIT * 0.9
 
-    message = SimpleNamespace(metadata=SimpleNamespace(message_id="reply-1"))  # what it reads
-    state.store_message(message)  # the reply, stored by the ClientApp's push (then or mid-wait)
+    # What the runtime API calls with a ClientApp's reply; an empty id is refused before the
+    # object tree is looked at, and even a refused reply wakes the wait (it then looks again).
+    message = SimpleNamespace(metadata=SimpleNamespace(message_id=""))
+    state.store_message_and_object_tree(message, None, "s")  # stored then or mid-wait
     prompt.sleep(10.0 * SHORT_WAIT)  # a short wait (< 1 s) that the store ends
     assert waits[1] == (SHORT_WAIT, True)  # woken by the store, not by the end of SHORT_WAIT
     assert not nudge.is_set()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedcore.config import MOST, RunConfig
 from fedcore.errors import UsageError
+from launcher.network.gateway_limits import Limits, limits_from
 from launcher.planning.placement import Placement
 from launcher.planning.plan import Plan
 from launcher.planning.pool import WorkerChoice
@@ -53,6 +54,7 @@ def network_plan(args: argparse.Namespace,
             ca_file = Path(args.root_certificates).expanduser().resolve()
             trusted_path(ca_file.parent, "--root-certificates")
             trusted_path(ca_file, "--root-certificates")
+    limits = gateway_limits(args)
     if args.serve:
         address = remote.parse_address(args.serve, "--serve")
         local = ids or range(0)
@@ -61,7 +63,8 @@ def network_plan(args: argparse.Namespace,
                   workers: WorkerChoice | None) -> Plan:
             return remote.serve_plan(cfg, run_dir, placement, address, certs, args.insecure,
                                      local_partitions=local, max_restarts=opts.max_restarts,
-                                     executor=opts.executor, node_keys=keys, workers=workers)
+                                     executor=opts.executor, node_keys=keys, workers=workers,
+                                     limits=limits)
 
         return len(local), serve
     if args.join:
@@ -92,6 +95,18 @@ def network_plan(args: argparse.Namespace,
         raise UsageError("--partition-ids, --certificates, --root-certificates, --insecure and "
                          "--node-keys go with --serve or --join")
     return None, None
+
+
+GATEWAY_FLAGS = ("gateway_max_body", "gateway_max_header", "gateway_max_connections",
+                 "gateway_timeout")
+
+
+def gateway_limits(args: argparse.Namespace) -> Limits:
+    """The --gateway-* flags, checked (one-line UsageError); they go with --serve only."""
+    given = [f"--{n.replace('_', '-')}" for n in GATEWAY_FLAGS if getattr(args, n, None) is not None]
+    if given and not args.serve:
+        raise UsageError(f"{', '.join(given)}: only with --serve (the limits of its gateway)")
+    return limits_from(*(getattr(args, n, None) for n in GATEWAY_FLAGS))
 
 
 def own_data(plan: Plan, data_dir: str) -> Plan:

@@ -5,10 +5,14 @@ its Runtime API and its Fleet API on one HTTP port. With `--serve` that port sta
 this gateway, a plain ASGI app on uvicorn forwarding with httpx (both come with Flower), faces the
 network: POSTs to the routes of `flwr/supernode/fleet_http_client.py` pass through intact (body,
 content type, the node signature headers, streamed responses); everything else gets 403 (Control,
-Runtime) or 404, and never reaches the SuperLink.
+Runtime) or 404, and never reaches the SuperLink. What one caller may send is capped
+(launcher.network.gateway_limits: body 413, head 431, connections, time 408); a body is counted
+as it streams and cut at the cap, and one that declares a larger Content-Length is refused
+before anything is forwarded.
 
 `python -m launcher.network.gateway --listen HOST:PORT --upstream 127.0.0.1:PORT
-[--certfile PEM --keyfile KEY] [--upstream-ca CA]`
+[--certfile PEM --keyfile KEY] [--upstream-ca CA] [--max-body B] [--max-header B]
+[--max-connections N] [--request-timeout S]`
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
+
+from launcher.network.gateway_limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    connection_named,
+    content_length,
+    guarded_protocol,
+)
 
 # What a SuperNode calls (flwr/supernode/fleet_http_client.py; flwr/superlink/routers/fleet).
 FLEET_ROUTES = frozenset(f"/v1/fleet/{name}" for name in (
@@ -44,14 +56,19 @@ class ClientGone(Exception):
     """The caller disconnected while its request body was being forwarded."""
 
 
+class BodyTooLarge(Exception):
+    """The request body grew past the cap while it was being forwarded."""
+
+
 class FleetGateway:
     """ASGI app: forward allowed Fleet calls to `upstream` (http[s]://127.0.0.1:PORT), refuse the rest."""
 
     def __init__(self, upstream: str, verify: ssl.SSLContext | bool = True,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+                 log: Callable[[str], None] = lambda _: None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.upstream = upstream.rstrip("/")
         self.verify = verify
         self.log = log
+        self.limits = limits
         self.client: Any = None  # httpx.AsyncClient, made at startup in the server's event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,26 +118,37 @@ class FleetGateway:
                        peer: str) -> None:
         import httpx
 
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
-        length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), None)
+        cap = self.limits.max_body
+        length = content_length(scope["headers"])
+        if length is not None and length > cap:
+            self.log(f"413 to {peer} for {path}: Content-Length {length} over {cap} B")
+            await _respond(send, 413, b"fedlaunch: request body too large\n")
+            return
+        drop = HOP_BY_HOP | connection_named(scope["headers"])
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
         if length is not None:
-            headers.append((b"content-length", length))
+            headers.append((b"content-length", str(length).encode()))
         headers += [(b"x-forwarded-for", peer.encode()),
                     (b"x-forwarded-proto", scope.get("scheme", "http").encode())]
         request = self.client.build_request("POST", self.upstream + path, headers=headers,
-                                            content=_body(receive))
+                                            content=_body(receive, cap))
         try:
             response = await self.client.send(request, stream=True)
         except ClientGone:
+            return
+        except BodyTooLarge:
+            self.log(f"413 to {peer} for {path}: body over {cap} B (cut as it streamed)")
+            await _respond(send, 413, b"fedlaunch: request body too large\n")
             return
         except httpx.HTTPError as exc:
             self.log(f"SuperLink unreachable for {path}: {type(exc).__name__}: {exc}")
             await _respond(send, 502, b"fedlaunch: the SuperLink behind this gateway did not answer\n")
             return
+        drop = (HOP_BY_HOP - {b"content-length"}) | connection_named(response.headers.raw)
         try:
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": [(k, v) for k, v in response.headers.raw
-                                    if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"]})
+                                    if k.lower() not in drop]})
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -128,21 +156,29 @@ class FleetGateway:
             await response.aclose()
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
+async def _body(receive: Receive, cap: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives; BodyTooLarge before the chunk that would pass `cap`."""
+    seen = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         if chunk := message.get("body", b""):
+            seen += len(chunk)
+            if seen > cap:
+                raise BodyTooLarge
             yield chunk
         if not message.get("more_body", False):
             return
 
 
 async def _respond(send: Send, status: int, body: bytes) -> None:
+    """The gateway's own answer; the connection closes after it (uvicorn reads `connection:
+    close`), so the rest of a refused body is never read."""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -163,7 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     parser.add_argument("--upstream-ca", help="CA of the SuperLink's certificate (TLS upstream)")
+    defaults = Limits()
+    parser.add_argument("--max-body", type=int, default=defaults.max_body, help="bytes (413)")
+    parser.add_argument("--max-header", type=int, default=defaults.max_header, help="bytes (431)")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout,
+                        help="seconds for a whole request (408)")
     args = parser.parse_args(argv)
+    limits = Limits(args.max_body, args.max_header, args.max_connections, args.request_timeout)
     import uvicorn
 
     host, port = split_address(args.listen)
@@ -172,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"gateway: {text}", file=sys.stderr, flush=True)
 
-    app = FleetGateway(f"{scheme}://{args.upstream}", upstream_tls(args.upstream_ca), log)
+    app = FleetGateway(f"{scheme}://{args.upstream}", upstream_tls(args.upstream_ca), log, limits)
     log(f"{'TLS' if args.certfile else 'plain HTTP'} on {args.listen}: forwarding the "
-        f"{len(FLEET_ROUTES)} Fleet API routes to {scheme}://{args.upstream}; refusing the rest")
+        f"{len(FLEET_ROUTES)} Fleet API routes to {scheme}://{args.upstream}; refusing the rest; "
+        f"bodies up to {limits.max_body} B, heads {limits.max_header} B, "
+        f"{limits.max_connections} connections ({limits.per_address} per address), "
+        f"requests within {limits.request_timeout:g} s")
     uvicorn.run(app, host=host, port=port, ssl_certfile=args.certfile, ssl_keyfile=args.keyfile,
+                http=guarded_protocol(limits, log), backlog=limits.max_connections,
                 lifespan="on", access_log=False, proxy_headers=False, server_header=False,
                 log_level="warning", timeout_graceful_shutdown=2)
     return 0

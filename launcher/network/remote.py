@@ -15,6 +15,7 @@ from fedcore.config import RunConfig
 from fedcore.errors import UsageError
 from launcher.network import nodeauth
 from launcher.network.certs import CertPaths, covers, server_names
+from launcher.network.gateway_limits import DEFAULT_LIMITS, Limits
 from launcher.network.runtime_secret import FLAG as SECRET_FLAG
 from launcher.network.runtime_secret import secret_path
 from launcher.planning.bundle import toml_string
@@ -168,6 +169,7 @@ def serve_plan(
     executor: str = "warm",
     node_keys: Path | None = None,
     workers: WorkerChoice | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Plan:
     """A SuperLink for cfg.clients nodes, clients for `local_partitions` here (placed by
     `placement`, one entry each, or one per worker when `workers` is fewer: the pool), and the
@@ -223,7 +225,7 @@ def serve_plan(
     loopback = Address(LOCAL, link_port)
     specs = [superlink_spec(run_dir, link_port, server_tls, server_gpu),
              serverapp_spec(run_dir, link_port, str(ca) if ca else None, server_gpu),
-             gateway_spec(address, loopback, certs)]
+             gateway_spec(address, loopback, certs, limits)]
     threads = cpu_threads(max(1, pool.workers if pool else len(local_partitions)))
     if pool:
         specs.extend(pool_specs(run_dir, local_partitions, cfg.clients, str(loopback), placement,
@@ -244,15 +246,17 @@ def serve_plan(
                 workers_why=pool.why if pool else "")
 
 
-def gateway_spec(address: Address, superlink: Address, certs: CertPaths | None) -> ProcessSpec:
+def gateway_spec(address: Address, superlink: Address, certs: CertPaths | None,
+                 limits: Limits = DEFAULT_LIMITS) -> ProcessSpec:
     """What faces the network: the Fleet API routes forwarded to the SuperLink on loopback, the
-    rest refused (launcher.network.gateway); TLS with the server certificate when there is one."""
+    rest refused (launcher.network.gateway) and each caller held to `limits`; TLS with the server
+    certificate when there is one."""
     tls = ("--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key),
            "--upstream-ca", str(certs.ca_cert)) if certs else ()
     return ProcessSpec(
         name="gateway", role="gateway",
         argv=(sys.executable, "-m", "launcher.network.gateway", "--listen", str(address),
-              "--upstream", str(superlink), *tls),
+              "--upstream", str(superlink), *tls, *limits.argv()),
         env={**FLWR_ENV, "PYTHONUNBUFFERED": "1"},
     )
 

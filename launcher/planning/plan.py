@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import socket
@@ -73,6 +74,12 @@ class Plan:
     def unplaced(self) -> tuple[int, ...]:
         """Pooled clients whose GPU is known only per task: their workers use several GPUs."""
         return self.pooled if len(set(self.worker_gpus)) > 1 else ()
+
+    def warn(self, warning: str) -> Plan:
+        """This plan with one more warning (shown with the placement's at start-up)."""
+        placement = dataclasses.replace(self.placement,
+                                        warnings=(*self.placement.warnings, warning))
+        return dataclasses.replace(self, placement=placement)
 
     def describe(self) -> str:
         """A human-readable plan: each process, its GPU, its command line."""

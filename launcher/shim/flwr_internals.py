@@ -50,6 +50,10 @@ if TYPE_CHECKING:  # the types mypy sees; at run time each is looked up on first
     pull_and_store_message: Callable[..., int | None]  # ..._pull_and_store_message
     supernode_time: ModuleType  # the `time` module flwr's SuperNode loop sleeps with
 
+# These names (and launcher/shim/flwr_reliances.py) were read from, and are tested with, the
+# Flower releases launcher.planning.flower_version.TESTED names; `fedlaunch` warns at start-up
+# when another is installed and runs `python -m launcher.shim.flwr_internals` to look them up.
+
 # attribute of this module -> (flwr module, its attribute)
 NAMES: dict[str, tuple[str, str]] = {
     "install_from_fab": ("flwr.cli.install", "install_from_fab"),
@@ -151,3 +155,11 @@ def __getattr__(name: str) -> Any:
     value = get(*NAMES[name])
     globals()[name] = value
     return value
+
+
+if __name__ == "__main__":  # `python -m launcher.shim.flwr_internals`: the missing ones, exit 1
+    import sys
+
+    gone = missing()
+    print(", ".join(gone))
+    sys.exit(1 if gone else 0)

@@ -62,18 +62,29 @@ class PromptTime(ModuleType):
         self.nudge.clear()  # a store between the wake and here costs one SHORT_WAIT at most
 
 
+EARLY_REPLY_NOTE = "fedlaunch: a ClientApp reply ended the SuperNode's reply wait early"
+
+
 def nudge_on_replies() -> threading.Event:
-    """An event set whenever the node state stores a message or an object (a ClientApp's reply
-    arriving through the runtime API), for PromptTime's short waits."""
+    """An event set whenever the node state stores a ClientApp's reply or one of its objects (as
+    they arrive through the runtime API), for PromptTime's short waits.
+
+    The reply comes in through `store_message_and_object_tree` (flwr 1.42, and 1.43, where it
+    stores through `store_messages([...])` rather than `store_message`); the first one writes
+    EARLY_REPLY_NOTE to the log, so a run shows that the wrapper fired (tests/test_e2e.py)."""
     nudge = threading.Event()
     state_class = flwr_internals.InMemoryNodeState
-    store_message, store_object = state_class.store_message, state_class.store_object
+    store_reply, store_object = state_class.store_message_and_object_tree, state_class.store_object
+    noted = threading.Event()
 
-    def store_message_and_nudge(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def store_reply_and_nudge(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return store_message(self, *args, **kwargs)
+            return store_reply(self, *args, **kwargs)
         finally:
             nudge.set()
+            if not noted.is_set():
+                noted.set()
+                print(EARLY_REPLY_NOTE, file=sys.stderr, flush=True)
 
     def store_object_and_nudge(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -81,7 +92,7 @@ def nudge_on_replies() -> threading.Event:
         finally:
             nudge.set()
 
-    state_class.store_message = store_message_and_nudge  # type: ignore[method-assign]
+    state_class.store_message_and_object_tree = store_reply_and_nudge  # type: ignore[method-assign]
     state_class.store_object = store_object_and_nudge  # type: ignore[method-assign]
     return nudge
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+
 from launcher.events import EventBus
 from launcher.planning.gpus import Nvml
 from launcher.planning.plan import Plan
@@ -26,6 +30,7 @@ async def run_headless(plan: Plan) -> int:
 
 def run_tui(plan: Plan, *, exit_on_finish: bool = False) -> int:
     from launcher.tui.app import FedlaunchApp
+    from launcher.tui.terminal import leave_now, terminal_gone
 
     bus = EventBus()
     final = FinalLine()
@@ -34,9 +39,15 @@ def run_tui(plan: Plan, *, exit_on_finish: bool = False) -> int:
 
     async def run() -> int:
         supervisor.install_signal_handlers()
-        return await supervisor.run()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.hang_up)
+        code = await supervisor.run()
+        if terminal_gone():  # hung up: the run is down and summary.json written; no screen is
+            leave_now(code)  # left to restore, so skip Textual's teardown (seconds under load)
+        return code
 
     app = FedlaunchApp(bus, run, supervisor.request_stop, exit_on_finish=exit_on_finish)
     code = app.run()
-    final.print()  # the screen is gone: the result stays in the terminal, as headless prints it
+    if not terminal_gone():  # the screen is gone: the result stays in the terminal, as headless prints it
+        with contextlib.suppress(OSError):
+            final.print()
     return int(code) if code is not None else 1

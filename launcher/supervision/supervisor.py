@@ -56,6 +56,8 @@ SERVERAPP_GRACE = 5.0  # seconds a failed ServerApp may take to end after `flwr 
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_SIGINT", "EXIT_SIGTERM", "RunFailed", "Supervisor"]
 
+HANGUP_GRACE = 1.0  # SIGTERM to SIGKILL after SIGHUP (see _stop_processes)
+
 
 class Supervisor:
     """Runs one Plan to its end and publishes what happens on the bus."""
@@ -383,6 +385,8 @@ class Supervisor:
         """Every process at once: a completed run's after a short grace (Flower's goodbyes are not
         worth seconds), a stopped or failed run's after stop_timeout; SIGKILL after that."""
         grace = self.finish_grace if reason == "completed" else self.stop_timeout
+        if reason == "hangup":  # the terminal is gone: nobody waits for a graceful end, and the
+            grace = min(grace, HANGUP_GRACE)  # launcher must be gone within 5 s of it closing
         if reason == "completed":
             # Clients at once; the server side gets up to log_grace to finish on its own, so that
             # `flwr run --stream` (ended when the run is) writes the ServerApp's last lines.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -25,6 +27,7 @@ from launcher.tui.progress import RoundProgress
 from launcher.tui.screens import FailedLogScreen, HelpScreen
 from launcher.tui.state import RunState
 from launcher.tui.summary import SummaryPanel
+from launcher.tui.terminal import HangupSafeDriver, hung_up, terminal_gone
 from launcher.tui.workers import ClientsSummary, WorkersTable
 
 REFRESH_S = 0.15  # panels redraw at most this often, however fast events come
@@ -60,7 +63,9 @@ class FedlaunchApp(App[int]):
         exit_on_finish: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__()
+        # Not on Windows, nor when TEXTUAL_DRIVER names another driver (Textual's own choice then).
+        driver = None if sys.platform == "win32" or os.environ.get("TEXTUAL_DRIVER") else HangupSafeDriver
+        super().__init__(driver_class=driver)
         self.bus = bus
         self._run_launcher = run
         self._request_stop = request_stop
@@ -138,6 +143,8 @@ class FedlaunchApp(App[int]):
 
     def _tick(self) -> None:
         self.state.dirty.add("header")
+        if terminal_gone() and not self.leave_when_done:  # closed, and no SIGHUP came with it
+            self.hang_up()
 
     def redraw(self) -> None:
         """Redraw the panels whose state changed since the last call."""
@@ -235,6 +242,20 @@ class FedlaunchApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def hang_up(self) -> None:
+        """SIGHUP, or the terminal stopped taking output: nobody is left to press `q` on the end
+        screen, so the run stops as for SIGTERM (exit 129) and the app leaves once the processes
+        are down."""
+        hung_up()
+        self.leave_when_done = True
+        if self.run_done:
+            self._quit_with(self.exit_code)
+            return
+        if not self.state.stopping:
+            self.state.stopping = True
+            self.state.dirty.add("header")
+        self._request_stop("hangup")
 
     def _leave_on_stop_signals(self) -> None:
         """Once the run is over only this screen is left: the terminal closing (SIGHUP), `kill`
