@@ -53,7 +53,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "data-dir": "folder with CIFAR-10 (batches folder, .tar.gz or image folders)",
     "limit-train": "use a fixed subset of N training images",
     "limit-test": "use a fixed subset of N test images",
-    "partition": "iid, dirichlet:ALPHA or classes:K (default dirichlet:0.5)",
+    "partition": "iid, dirichlet:ALPHA or classes:K",
     "clients": "number of clients (SuperNodes)",
     "model": f"{', '.join(MODEL_NAMES)}; brings that model's recipe (optimizer, lr, batch, "
              "weight decay, schedule, augmentation; a profile or flag still overrides each)",
@@ -102,6 +102,20 @@ def number(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def version_line() -> str:
+    """`fedlaunch --version`: this package's version and the Flower it runs on, read from the
+    installed metadata (no import of flwr)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"fedlaunch {installed('fedlaunch')} (flwr {installed('flwr')})"
+
+
 def build_parser() -> Parser:
     defaults = RunConfig()
     parser = Parser(
@@ -111,6 +125,7 @@ def build_parser() -> Parser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version_line())
     run = parser.add_argument_group("run")
     run.add_argument("--local", action="store_true", default=None,
                      help="train without federation (the baseline)")
@@ -284,13 +299,18 @@ def report_main(argv: list[str]) -> int:
     """`fedlaunch report RUN_DIR [RUN_DIR ...] [--out PNG]`: curves side by side and a table."""
     parser = Parser(prog="fedlaunch report",
                     description="Plot runs side by side on a shared axis of training images seen, "
-                    "a label heatmap per federated run, and a table of results.")
+                    "a label heatmap per federated run, and a table of results. The run folders "
+                    "are only read (unless --into-runs).")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--out", help="where to write the PNG (default: RUN_DIR/report.png of the first)")
+    parser.add_argument("--out", help="where to write the PNG (default: report.png here; a name "
+                        "without .png/.svg/.pdf gets .png); the heatmaps go beside it")
+    parser.add_argument("--into-runs", action="store_true",
+                        help="write each run's heatmap into its own folder as partitions.png")
     args = parser.parse_args(argv)
     from launcher.report import print_table, report
 
-    result = report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    result = report([Path(r) for r in args.runs], Path(args.out) if args.out else None,
+                    into_runs=args.into_runs)
     print_table(result.rows)
     for path in [result.report_png, *result.partition_pngs]:
         print(f"wrote {path}")
