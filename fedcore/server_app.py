@@ -153,6 +153,9 @@ def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test:
         train_accuracy=t.train_metrics.get("train-accuracy") if t.train_metrics else None,
         replies=len(t.ok), failures=t.sent - len(t.ok),
         clients=[int(number(m["partition-id"])) for m in metrics],
+        # per client, in the order of `clients`: --track logs them
+        client_train_loss=[number(m["train-loss"]) if "train-loss" in m else None for m in metrics],
+        client_examples=[int(number(m["num-examples"])) for m in metrics],
         seconds=round((next_started or time.time()) - t.started, 3), train_images=train_images,
         best_accuracy=best,
         client_train_seconds=max((number(m.get("train-seconds", 0.0)) for m in metrics), default=0.0),

@@ -33,6 +33,8 @@ from launcher.planning.prepare import (
     utf8_path,
 )
 from launcher.planning.profiles import LAUNCHER_KEYS, describe_profiles, load_profile
+from launcher.tracking.feed import check_installed, parse_track
+from launcher.tracking.tracker import saved_backends
 
 EXAMPLES = """\
 examples:
@@ -152,6 +154,10 @@ def build_parser() -> Parser:
                      "data loaded (default); stock: Flower's new process per message")
     run.add_argument("--max-restarts", type=number(int), default=None,
                      help="restarts allowed per client process (default 3)")
+    run.add_argument("--track", action="append", metavar="NAME",
+                     help="log the run live to tensorboard, wandb or mlflow, offline into the run "
+                     "folder (several: --track tensorboard,wandb); each needs its extra, e.g. "
+                     "pip install 'fedlaunch[wandb]'")
     run.add_argument("--headless", action="store_true", help="no TUI: print logs and progress")
     run.add_argument("--exit-on-finish", action="store_true", help="leave the TUI when the run ends")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -364,24 +370,32 @@ def launch(argv: list[str]) -> int:
     if args.list_profiles:
         print(describe_profiles())
         return 0
+    track = parse_track(args.track)
     if args.resume:
         cfg, opts, run_dir = resume_config(args)
+        track = tuple(dict.fromkeys((*saved_backends(run_dir), *track)))  # the same tracked runs
     else:
         cfg, opts = resolve_config(args)
         run_dir = run_folder(args.out)
+    if track and opts.mode == "join":
+        raise UsageError("--track logs the run where its SuperLink is: drop --track with --join "
+                         "(use it with --serve)")
+    check_installed(track)
     local_clients, remote = network_plan(args, opts)
     plan = make_plan(cfg, run_dir, opts, local_clients=local_clients, remote=remote)
     if cfg.pretrained and not args.dry_run and opts.mode != "join":
         fetch_pretrained(cfg.model)
     if args.dry_run:
         print(plan.describe())
+        if track:
+            print(f"tracking: {', '.join(track)}, live into {run_dir}")
         return 0
     headless = args.headless or not sys.stdout.isatty()
     from launcher.supervision.runner import run_headless, run_tui
 
     if headless:
-        return asyncio.run(run_headless(plan))
-    return run_tui(plan, exit_on_finish=args.exit_on_finish)
+        return asyncio.run(run_headless(plan, track))
+    return run_tui(plan, exit_on_finish=args.exit_on_finish, track=track)
 
 
 if __name__ == "__main__":
