@@ -175,7 +175,37 @@ def test_track_with_join_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "--track" in capsys.readouterr().err
 
 
+def test_the_supervisor_feeds_the_tracking_and_publishes_its_warnings(tmp_path: Path) -> None:
+    """The Supervisor with stand-in processes (tests/test_supervisor.py): each round the app
+    writes reaches TensorBoard by the run's end; a backend that cannot start is a warning."""
+    from launcher.events import Notice
+    from launcher.planning.plan import free_port
+    from tests.test_supervisor import CLIENT, LINK, SUBMIT, federated_plan, scripts, supervise
+
+    # Prepare
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    (tmp_path / "mlruns").write_text("a file where MLflow's store goes")
+    port = free_port()
+    factory = scripts(tmp_path, port, superlink=(LINK, str(port), "0", "600", "0"),
+                      client_0=(CLIENT, "serve"), client_1=(CLIENT, "serve"),
+                      server=(SUBMIT, str(tmp_path / "metrics.jsonl"), "3", "linger"))
+    tracking = Tracking(tmp_path, ("tensorboard", "mlflow"))
+    # Execute
+    code, events, _ = supervise(federated_plan(tmp_path, port), factory, finish_grace=0.3,
+                                tracking=tracking)
+    # Assert
+    assert code == 0
+    unit, want = expected(tmp_path)
+    assert set(want["accuracy"]) == {1, 2, 3}
+    assert_holds(tensorboard_scalars(tmp_path), want, 1e-6)
+    warnings = [n.text for n in events.of(Notice) if n.text.startswith("tracking:")]
+    assert len(warnings) == 1 and warnings[0].startswith("tracking: mlflow did not start"), warnings
+    assert json.loads((tmp_path / STATE).read_text()) == {
+        "tensorboard": {"logdir": "tensorboard", "step": 3}}
+
+
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_real_run_is_tracked_live_by_a_launcher_without_torch(tmp_path: Path) -> None:
     """A whole federated run (2 clients, 1 round) with the three trackers: what the ServerApp
     wrote to metrics.jsonl is in each one, and the launcher still loaded no torch and no flwr."""
