@@ -161,7 +161,7 @@ def build_parser() -> Parser:
     run.add_argument("--headless", action="store_true", help="no TUI: print logs and progress")
     run.add_argument("--exit-on-finish", action="store_true", help="leave the TUI when the run ends")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    net = parser.add_argument_group("across machines (see README: Across machines)")
+    net = parser.add_argument_group("across machines (see docs/ACROSS_MACHINES.md)")
     net.add_argument("--serve", metavar="HOST:PORT",
                      help="run the SuperLink on this address for --clients nodes from any machine")
     net.add_argument("--join", metavar="HOST:PORT",
