@@ -33,8 +33,7 @@ from launcher.planning.prepare import (
     utf8_path,
 )
 from launcher.planning.profiles import LAUNCHER_KEYS, describe_profiles, load_profile
-from launcher.tracking.feed import check_installed, parse_track
-from launcher.tracking.tracker import saved_backends
+from launcher.tracking.tracker import backends
 
 EXAMPLES = """\
 examples:
@@ -370,17 +369,12 @@ def launch(argv: list[str]) -> int:
     if args.list_profiles:
         print(describe_profiles())
         return 0
-    track = parse_track(args.track)
     if args.resume:
         cfg, opts, run_dir = resume_config(args)
-        track = tuple(dict.fromkeys((*saved_backends(run_dir), *track)))  # the same tracked runs
     else:
         cfg, opts = resolve_config(args)
         run_dir = run_folder(args.out)
-    if track and opts.mode == "join":
-        raise UsageError("--track logs the run where its SuperLink is: drop --track with --join "
-                         "(use it with --serve)")
-    check_installed(track)
+    track = backends(args.track, run_dir if args.resume else None, opts.mode)
     local_clients, remote = network_plan(args, opts)
     plan = make_plan(cfg, run_dir, opts, local_clients=local_clients, remote=remote)
     if cfg.pretrained and not args.dry_run and opts.mode != "join":

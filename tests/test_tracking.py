@@ -12,7 +12,7 @@ import pytest
 from fedcore.errors import UsageError
 from launcher.cli import main
 from launcher.tracking.feed import parse_track, point
-from launcher.tracking.tracker import STATE, Tracking
+from launcher.tracking.tracker import STATE, Tracking, backends
 from tests.tracking_readers import (
     expected,
     mlflow_history,
@@ -167,6 +167,13 @@ def test_a_missing_extra_is_one_line_naming_pip(name: str, tmp_path: Path, monke
     assert code == 2
     assert err == f"fedlaunch: --track {name} needs the '{name}' extra: pip install 'fedlaunch[{name}]'\n"
     assert not out.exists()
+
+
+def test_resume_tracks_with_the_runs_own_backends_and_any_new_one(tmp_path: Path) -> None:
+    (tmp_path / STATE).write_text(json.dumps({"wandb": {"id": "abc", "step": 2}}))
+    assert backends(None, tmp_path, "federated") == ("wandb",)
+    assert backends(["tensorboard", "wandb"], tmp_path, "federated") == ("wandb", "tensorboard")
+    assert backends(None, None, "federated") == ()
 
 
 def test_track_with_join_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from fedcore.errors import UsageError
 from fedcore.rundir import CONFIG, write_json_atomic
-from launcher.tracking.feed import Point, hyperparameters, point
+from launcher.tracking.feed import Point, check_installed, hyperparameters, parse_track, point
 from launcher.tracking.writers import Writer, open_writer
 
 STATE = "tracking.json"  # per backend: its run id (W&B, MLflow) and the last step it logged
@@ -20,9 +21,17 @@ CLOSE_TIMEOUT = 60.0  # seconds the run's end waits for the writers to flush and
 Opener = Callable[[str, Path, dict[str, Any], dict[str, Any]], Writer]
 
 
-def saved_backends(run_dir: Path) -> tuple[str, ...]:
-    """The backends a run folder was tracked with (--resume goes on with them)."""
-    return tuple(read_state(run_dir))
+def backends(track: list[str] | None, resumed: Path | None, mode: str) -> tuple[str, ...]:
+    """The backends of this launch: --track's, and a resumed run's own (the same tracked runs
+    go on); each library checked before anything starts."""
+    names = parse_track(track)
+    if resumed is not None:
+        names = tuple(dict.fromkeys((*read_state(resumed), *names)))
+    if names and mode == "join":
+        raise UsageError("--track logs the run where its SuperLink is: drop --track with --join "
+                         "(use it with --serve)")
+    check_installed(names)
+    return names
 
 
 def read_state(run_dir: Path) -> dict[str, dict[str, Any]]:
