@@ -191,6 +191,9 @@ def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test:
         rejected=len(t.rejected), rejections=[r.as_record() for r in t.rejected],
         kept_model=t.kept_model or None,
         clients=[int(number(m["partition-id"])) for m in metrics],
+        # per client, in the order of `clients`: --track logs them
+        client_train_loss=[number(m["train-loss"]) if "train-loss" in m else None for m in metrics],
+        client_examples=[int(number(m["num-examples"])) for m in metrics],
         seconds=round((next_started or time.time()) - t.started, 3), train_images=train_images,
         best_accuracy=best,
         client_train_seconds=max((number(m.get("train-seconds", 0.0)) for m in metrics), default=0.0),

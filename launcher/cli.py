@@ -34,6 +34,7 @@ from launcher.planning.prepare import (
     utf8_path,
 )
 from launcher.planning.profiles import LAUNCHER_KEYS, describe_profiles, load_profile
+from launcher.tracking.tracker import backends
 
 EXAMPLES = """\
 examples:
@@ -54,7 +55,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "data-dir": "folder with CIFAR-10 (batches folder, .tar.gz or image folders)",
     "limit-train": "use a fixed subset of N training images",
     "limit-test": "use a fixed subset of N test images",
-    "partition": "iid, dirichlet:ALPHA or classes:K (default dirichlet:0.5)",
+    "partition": "iid, dirichlet:ALPHA or classes:K",
     "clients": "number of clients (SuperNodes)",
     "model": f"{', '.join(MODEL_NAMES)}; brings that model's recipe (optimizer, lr, batch, "
              "weight decay, schedule, augmentation; a profile or flag still overrides each)",
@@ -104,6 +105,20 @@ def number(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def version_line() -> str:
+    """`fedlaunch --version`: this package's version and the Flower it runs on, read from the
+    installed metadata (no import of flwr)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"fedlaunch {installed('fedlaunch')} (flwr {installed('flwr')})"
+
+
 def build_parser() -> Parser:
     defaults = RunConfig()
     parser = Parser(
@@ -113,6 +128,7 @@ def build_parser() -> Parser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version_line())
     run = parser.add_argument_group("run")
     run.add_argument("--local", action="store_true", default=None,
                      help="train without federation (the baseline)")
@@ -146,10 +162,14 @@ def build_parser() -> Parser:
                      "data loaded (default); stock: Flower's new process per message")
     run.add_argument("--max-restarts", type=number(int), default=None,
                      help="restarts allowed per client process (default 3)")
+    run.add_argument("--track", action="append", metavar="NAME",
+                     help="log the run live to tensorboard, wandb or mlflow, offline into the run "
+                     "folder (several: --track tensorboard,wandb); each needs its extra, e.g. "
+                     "pip install 'fedlaunch[wandb]'")
     run.add_argument("--headless", action="store_true", help="no TUI: print logs and progress")
     run.add_argument("--exit-on-finish", action="store_true", help="leave the TUI when the run ends")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    net = parser.add_argument_group("across machines (see README: Across machines)")
+    net = parser.add_argument_group("across machines (see docs/ACROSS_MACHINES.md)")
     net.add_argument("--serve", metavar="HOST:PORT",
                      help="run the SuperLink on this address for --clients nodes from any machine")
     net.add_argument("--join", metavar="HOST:PORT",
@@ -321,13 +341,18 @@ def report_main(argv: list[str]) -> int:
     """`fedlaunch report RUN_DIR [RUN_DIR ...] [--out PNG]`: curves side by side and a table."""
     parser = Parser(prog="fedlaunch report",
                     description="Plot runs side by side on a shared axis of training images seen, "
-                    "a label heatmap per federated run, and a table of results.")
+                    "a label heatmap per federated run, and a table of results. The run folders "
+                    "are only read (unless --into-runs).")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--out", help="where to write the PNG (default: RUN_DIR/report.png of the first)")
+    parser.add_argument("--out", help="where to write the PNG (default: report.png here; a name "
+                        "without .png/.svg/.pdf gets .png); the heatmaps go beside it")
+    parser.add_argument("--into-runs", action="store_true",
+                        help="write each run's heatmap into its own folder as partitions.png")
     args = parser.parse_args(argv)
     from launcher.report import print_table, report
 
-    result = report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    result = report([Path(r) for r in args.runs], Path(args.out) if args.out else None,
+                    into_runs=args.into_runs)
     print_table(result.rows)
     for path in [result.report_png, *result.partition_pngs]:
         print(f"wrote {path}")
@@ -386,6 +411,7 @@ def launch(argv: list[str]) -> int:
     else:
         cfg, opts = resolve_config(args)
         run_dir = run_folder(args.out)
+    track = backends(args.track, run_dir if args.resume else None, opts.mode)
     local_clients, remote = network_plan(args, opts)
     flower = None if opts.mode == "local" else check_flower()  # before the run folder is claimed
     plan = make_plan(cfg, run_dir, opts, local_clients=local_clients, remote=remote)
@@ -395,13 +421,15 @@ def launch(argv: list[str]) -> int:
         fetch_pretrained(cfg.model)
     if args.dry_run:
         print(plan.describe())
+        if track:
+            print(f"tracking: {', '.join(track)}, live into {run_dir}")
         return 0
     headless = args.headless or not sys.stdout.isatty()
     from launcher.supervision.runner import run_headless, run_tui
 
     if headless:
-        return asyncio.run(run_headless(plan))
-    return run_tui(plan, exit_on_finish=args.exit_on_finish)
+        return asyncio.run(run_headless(plan, track))
+    return run_tui(plan, exit_on_finish=args.exit_on_finish, track=track)
 
 
 if __name__ == "__main__":

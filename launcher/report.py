@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,10 +32,11 @@ class RunCurves:
     summary: dict[str, Any]
     partitions: dict[str, Any] | None = None
     train_accuracy: list[float | None] | None = None  # per round or epoch, where recorded
+    label: str = ""  # how the legend, the table and file names call it (see run_labels)
 
     @property
     def name(self) -> str:
-        return self.path.resolve().name
+        return self.label or self.path.resolve().name
 
     @property
     def unit(self) -> str:
@@ -211,8 +212,35 @@ def plot_curves(runs: list[RunCurves], out: Path) -> Path:
     return out
 
 
-def plot_partitions(run: RunCurves) -> Path | None:
-    """A clients x classes heatmap of sample counts from partitions.json, beside it in the run."""
+def run_labels(paths: list[Path]) -> list[str]:
+    """The shortest trailing parts of each path (name, then parent/name, ...) that tell the runs
+    apart: `a/run` and `b/run` rather than `run` twice."""
+    parts = [Path(p).resolve().parts for p in paths]
+    labels = []
+    for i, own in enumerate(parts):
+        others = [q for j, q in enumerate(parts) if j != i and q != own]
+        depth = 1
+        while depth < len(own) and any(q[-depth:] == own[-depth:] for q in others):
+            depth += 1
+        labels.append("/".join(own[-depth:]).lstrip("/") or "/")
+    return labels
+
+
+def png_path(out: Path) -> Path:
+    """The file matplotlib writes for `out`: a name without a known image suffix gets `.png`."""
+    if out.suffix.lower() in (".png", ".svg", ".pdf"):
+        return out
+    return out.with_name(out.name + ".png")
+
+
+def partitions_path(report_png: Path, run: RunCurves) -> Path:
+    """Beside the report: `report-partitions-<label>.png`, the label's slashes as dashes."""
+    safe = run.name.replace("/", "-").replace("\\", "-")
+    return report_png.with_name(f"{report_png.stem}-partitions-{safe}.png")
+
+
+def plot_partitions(run: RunCurves, out: Path) -> Path | None:
+    """A clients x classes heatmap of sample counts from partitions.json, written to `out`."""
     stats = run.partitions
     counts = stats.get("label_counts") if stats else None
     if not stats or not isinstance(counts, list) or not counts:
@@ -243,21 +271,30 @@ def plot_partitions(run: RunCurves) -> Path | None:
             for x, value in enumerate(row):
                 colour = "black" if value > top * 0.6 else "white"
                 ax.text(x, y, str(value), ha="center", va="center", fontsize=7, color=colour)
-    out = run.path / PARTITIONS_PNG
     fig.savefig(out)
     return out
 
 
-def report(run_dirs: list[Path], out: Path | None = None) -> ReportResult:
-    """Write report.png (and partitions.png per federated run); return the paths and the table."""
+def report(run_dirs: list[Path], out: Path | None = None, into_runs: bool = False) -> ReportResult:
+    """Write the curves to `out` (default ./report.png) and a partition heatmap per federated run
+    beside it; the run folders read stay unchanged unless `into_runs` puts each heatmap in its
+    run as partitions.png. Returns the paths written and the table."""
     if not run_dirs:
         raise UsageError("fedlaunch report needs at least one run folder")
-    runs = [load_run(Path(d)) for d in run_dirs]
-    target = Path(out) if out is not None else runs[0].path / REPORT_PNG
+    loaded = [load_run(Path(d)) for d in run_dirs]
+    runs = [replace(r, label=label) for r, label in zip(loaded, run_labels([r.path for r in loaded]),
+                                                          strict=True)]
+    target = Path(out) if out is not None else Path(REPORT_PNG)
     if target.is_dir():
         target = target / REPORT_PNG
-    report_png = plot_curves(runs, target)
-    partition_pngs = [p for p in (plot_partitions(r) for r in runs if r.mode == "federated") if p]
+    report_png = plot_curves(runs, png_path(target))
+    partition_pngs = []
+    for run in runs:
+        if run.mode == "federated":
+            where = run.path / PARTITIONS_PNG if into_runs else partitions_path(report_png, run)
+            written = plot_partitions(run, where)
+            if written:
+                partition_pngs.append(written)
     return ReportResult(report_png, partition_pngs, [table_row(r) for r in runs])
 
 

@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 
 from fedcore.errors import UsageError
+from launcher.cli import main
 from launcher.report import format_table, print_table, report
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`report` writes report.png into the current folder by default: keep it in tmp_path."""
+    monkeypatch.chdir(tmp_path)
 
 
 def write_lines(path: Path, records: list[dict[str, object]]) -> None:
@@ -88,13 +95,13 @@ def test_report_writes_curves_heatmap_and_table(tmp_path: Path) -> None:
     # Execute
     result = report([fed, local])
     # Assert
-    assert result.report_png == fed / "report.png"
+    assert result.report_png == Path("report.png")
     width, height = png_size(result.report_png)
     assert width >= 800 and height >= 300
     assert result.report_png.stat().st_size > 20_000
-    assert result.partition_pngs == [fed / "partitions.png"]
-    assert min(png_size(fed / "partitions.png")) >= 300
-    assert not (local / "partitions.png").exists()
+    assert result.partition_pngs == [Path("report-partitions-fed-cnn.png")]
+    assert min(png_size(result.partition_pngs[0])) >= 300
+    assert not (fed / "partitions.png").exists() and not (local / "partitions.png").exists()
     fed_row, local_row = result.rows
     assert fed_row.cells() == ("fed-cnn", "federated", "cnn", "3", "0.5100", "0.5100", "64.5", "2326")
     assert local_row.cells() == ("local-resnet", "local", "resnet18", "4", "0.6000", "0.6200", "125.0",
@@ -143,3 +150,64 @@ def test_invalid_summary_is_usage_error(tmp_path: Path) -> None:
     (fed / "summary.json").write_text("{not json")
     with pytest.raises(UsageError, match="summary.json"):
         report([fed])
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under root: its bytes and its modification time in ns."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_report_leaves_the_run_folders_it_reads_unchanged(tmp_path: Path) -> None:
+    # Prepare
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    fed, local = federated_run(runs), local_run(runs)
+    before = tree(runs)
+    # Execute
+    result = report([fed, local])
+    # Assert: the curves and the heatmap are beside each other here, nothing in the runs
+    assert tree(runs) == before
+    assert result.report_png.resolve() == tmp_path / "report.png"
+    assert [p.resolve() for p in result.partition_pngs] == [tmp_path / "report-partitions-fed-cnn.png"]
+
+
+def test_report_into_runs_writes_each_heatmap_in_its_run(tmp_path: Path) -> None:
+    fed, local = federated_run(tmp_path), local_run(tmp_path)
+    result = report([fed, local], out=tmp_path / "cmp.png", into_runs=True)
+    assert result.partition_pngs == [fed / "partitions.png"]
+    assert png_size(fed / "partitions.png")[0] >= 300 and not (local / "partitions.png").exists()
+
+
+def test_runs_with_the_same_folder_name_are_told_apart(tmp_path: Path) -> None:
+    # Prepare: two sweeps, each with a run folder called fed-cnn
+    first, second = tmp_path / "sweep-a", tmp_path / "sweep-b"
+    first.mkdir()
+    second.mkdir()
+    a, b = federated_run(first), federated_run(second)
+    (b / "summary.json").unlink()
+    # Execute
+    result = report([a, b, a])
+    # Assert: parent/name in the table and in the heatmap files; one folder named twice stays one
+    assert [row.run for row in result.rows] == ["sweep-a/fed-cnn", "sweep-b/fed-cnn", "sweep-a/fed-cnn"]
+    table = format_table(result.rows).splitlines()
+    assert table[1].startswith("sweep-a/fed-cnn ") and table[2].startswith("sweep-b/fed-cnn ")
+    names = {p.name for p in result.partition_pngs}
+    assert names == {"report-partitions-sweep-a-fed-cnn.png", "report-partitions-sweep-b-fed-cnn.png"}
+    # different folder names keep the short name
+    c = local_run(first)
+    assert [row.run for row in report([a, c]).rows] == ["fed-cnn", "local-resnet"]
+
+
+def test_report_command_prints_the_file_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    fed = federated_run(tmp_path)
+    # Execute: --out without a suffix
+    code = main(["report", str(fed), "--out", str(tmp_path / "compare")])
+    # Assert: matplotlib writes compare.png, and that is the path printed
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"wrote {tmp_path / 'compare.png'}\n" in out
+    assert png_size(tmp_path / "compare.png")[0] >= 800
+    assert not (tmp_path / "compare").exists()
+    assert f"wrote {tmp_path / 'compare-partitions-fed-cnn.png'}\n" in out

@@ -13,29 +13,32 @@ from launcher.supervision.afterwards import start_plots
 from launcher.supervision.headless import FinalLine, HeadlessPrinter
 from launcher.supervision.supervisor import Supervisor
 from launcher.supervision.watchdog import Watchdog
+from launcher.tracking.tracker import Tracking
 
 
-def make_supervisor(plan: Plan, bus: EventBus) -> Supervisor:
+def make_supervisor(plan: Plan, bus: EventBus, track: tuple[str, ...] = ()) -> Supervisor:
     nvml = Nvml() if plan.placement.gpus else None
-    return Supervisor(plan, bus, nvml=nvml, watchdog=Watchdog(), afterwards=start_plots)
+    tracking = Tracking(plan.run_dir, track) if track else None
+    return Supervisor(plan, bus, nvml=nvml, watchdog=Watchdog(), afterwards=start_plots,
+                      tracking=tracking)
 
 
-async def run_headless(plan: Plan) -> int:
+async def run_headless(plan: Plan, track: tuple[str, ...] = ()) -> int:
     bus = EventBus()
     bus.subscribe(HeadlessPrinter())
-    supervisor = make_supervisor(plan, bus)
+    supervisor = make_supervisor(plan, bus, track)
     supervisor.install_signal_handlers()
     return await supervisor.run()
 
 
-def run_tui(plan: Plan, *, exit_on_finish: bool = False) -> int:
+def run_tui(plan: Plan, *, exit_on_finish: bool = False, track: tuple[str, ...] = ()) -> int:
     from launcher.tui.app import FedlaunchApp
     from launcher.tui.terminal import leave_now, terminal_gone
 
     bus = EventBus()
     final = FinalLine()
     bus.subscribe(final)
-    supervisor = make_supervisor(plan, bus)
+    supervisor = make_supervisor(plan, bus, track)
 
     async def run() -> int:
         supervisor.install_signal_handlers()

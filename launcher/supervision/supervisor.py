@@ -51,6 +51,7 @@ from launcher.supervision.startup import (
     write_flower_files,
 )
 from launcher.supervision.watchdog import Watchdog
+from launcher.tracking.tracker import Tracking
 
 SERVERAPP_GRACE = 5.0  # seconds a failed ServerApp may take to end after `flwr run` did
 
@@ -78,6 +79,7 @@ class Supervisor:
         factory: ProcessFactory = ManagedProcess,
         watchdog: Watchdog | None = None,
         afterwards: Callable[[Path], object] | None = None,
+        tracking: Tracking | None = None,
     ) -> None:
         self.plan = plan
         self.bus = bus
@@ -92,6 +94,8 @@ class Supervisor:
         self.factory = factory
         self.watchdog = watchdog
         self.afterwards = afterwards
+        self.tracking = tracking  # --track: the metrics records go on to TensorBoard, W&B, MLflow
+        self._tracked = 0  # how many of the follower's records the tracking has been given
         self.rundir = RunDir(plan.run_dir)
         self._unechoed = {p.name for p in plan.processes if not role(p.role).echo}
         self._refused = ""  # the last line refusing a task token (see _serverapp_tail)
@@ -163,6 +167,7 @@ class Supervisor:
             if code == EXIT_OK:
                 reason, code = "failed", EXIT_FAILED
                 summary["exit_reason"] = reason
+        await self._close_tracking(reason)
         self.bus.publish(RunFinished(reason, code, summary, failed, tuple(tail)))
         if self.afterwards is not None and unwritten is None:
             self.afterwards(self.plan.run_dir)
@@ -276,7 +281,13 @@ class Supervisor:
                 pass
 
     def _publish_events(self) -> None:
-        for event in self.follower.poll():
+        events = self.follower.poll()
+        if self.tracking is not None:
+            self.tracking.feed(self.follower.records[self._tracked:])
+            self._tracked = len(self.follower.records)
+            for text in self.tracking.notices():
+                self.bus.publish(Notice("warning", text))
+        for event in events:
             self.bus.publish(event)
             if isinstance(event, ClientProgress) and event.error == "out of memory":
                 text = oom_text(self.plan, self.nvml, event)
@@ -298,6 +309,16 @@ class Supervisor:
         if note is not None:
             self._pid_note_said = True
             self.bus.publish(Notice("info", note))
+
+    async def _close_tracking(self, reason: str) -> None:
+        """Finish the tracked runs (in a thread: W&B waits for its service to write the file)."""
+        if self.tracking is None:
+            return
+        self.tracking.feed(self.follower.records[self._tracked:])
+        self._tracked = len(self.follower.records)
+        await asyncio.to_thread(self.tracking.close, reason)
+        for text in self.tracking.notices():
+            self.bus.publish(Notice("warning", text))
 
     def _watch_descendants(self) -> None:
         """Remember every process's descendants (those that leave its group are still stopped)."""
