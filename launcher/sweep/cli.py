@@ -60,8 +60,19 @@ def child_command() -> list[str]:
     return [sys.executable, "-m", "launcher.cli"]
 
 
+def profile_path(profile: str) -> str:
+    """A profile as an absolute path: a name read by a child whose working folder holds a folder
+    of that name (the sweep's own, say) would be taken for that path."""
+    if profile.endswith(".toml") or Path(profile).is_absolute():
+        return profile
+    from importlib import resources
+
+    entry = resources.files("profiles") / f"{profile}.toml"
+    return str(entry) if entry.is_file() else profile
+
+
 def cell_config_args(state: SweepState, cell: CellState) -> list[str]:
-    args = ["--profile", state.profile] if state.profile else []
+    args = ["--profile", profile_path(state.profile)] if state.profile else []
     for key, value in {**state.fixed, **cell.settings}.items():
         args += [f"--{key}", value]
     return args
@@ -100,8 +111,8 @@ def new_sweep(args: argparse.Namespace) -> SweepState:
         value = getattr(args, key.replace("-", "_"))
         if value is None:
             continue
-        if key == "data-dir":
-            utf8_path(value, "--data-dir")
+        if key in ("data-dir", "weights"):  # the children may run elsewhere
+            utf8_path(value, f"--{key}")
             value = str(Path(value).expanduser().resolve())
         values = [value] if key in NOT_AXES else split_axis(key, value)
         if len(values) > 1:
@@ -111,10 +122,14 @@ def new_sweep(args: argparse.Namespace) -> SweepState:
     profile = args.profile
     if profile and (profile.endswith(".toml") or Path(profile).exists()):
         profile = str(Path(profile).expanduser().resolve())
+    elif profile:
+        from launcher.planning.profiles import profile_text
+
+        profile_text(profile)  # an unknown name: one line listing the known ones
     out = sweep_folder(args.out)
     cells = build_grid(axes, seeds)
     state = SweepState(out, profile, fixed, axes, seeds, args.gpus, args.max_parallel,
-                       published_of(profile) if profile else None,
+                       published_of(profile_path(profile)) if profile else None,
                        [CellState(c.name, dict(c.settings)) for c in cells])
     return state
 
