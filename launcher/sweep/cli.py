@@ -9,10 +9,11 @@ import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from fedcore.config import RunConfig
 from fedcore.errors import UsageError
+from launcher.planning.gpus import Nvml
 from launcher.planning.prepare import client_footprint, utf8_path
 from launcher.sweep.grid import NOT_AXES, build_grid, parse_seeds, split_axis
 from launcher.sweep.packing import GpuSlots
@@ -78,12 +79,26 @@ def cell_config_args(state: SweepState, cell: CellState) -> list[str]:
     return args
 
 
-def resolve_cell(state: SweepState, cell: CellState) -> RunConfig:
+def resolve_cell(state: SweepState, cell: CellState, labels: dict[tuple[Any, ...], Any]) -> RunConfig:
     """The cell's settings as a run would resolve them; a bad one is a UsageError naming it."""
+    import dataclasses
+
+    from fedcore.partition import partition_indices
+    from fedcore.partition_spec import parse_partition
+    from fedcore.task import train_labels
     from launcher.cli import build_parser, resolve_config
+    from launcher.planning.prepare import make_plan, say
 
     try:
-        cfg, _ = resolve_config(build_parser().parse_args(cell_config_args(state, cell)))
+        cfg, opts = resolve_config(build_parser().parse_args(cell_config_args(state, cell)))
+        # The run's own checks (names, partition, clients), writing nothing; GPUs are the sweep's.
+        make_plan(cfg, state.cell_dir(cell), dataclasses.replace(opts, dry_run=True, gpus="cpu"))
+        key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.seed if cfg.limit_train else 0)
+        if key not in labels:
+            labels[key] = train_labels(cfg, log=say)
+        if opts.mode == "federated":  # every client gets some data, as the run checks it
+            partition_indices(labels[key], cfg.clients, parse_partition(cfg.partition), cfg.seed,
+                              num_classes=10)
     except UsageError as exc:
         raise UsageError(f"cell {cell.name}: {exc}") from None
     return cfg
@@ -164,17 +179,14 @@ def resumed_sweep(args: argparse.Namespace) -> SweepState:
     return state
 
 
-def gpu_slots(state: SweepState) -> GpuSlots:
+def gpu_slots(state: SweepState, nvml: Nvml | None = None) -> GpuSlots:
     """The GPUs the sweep may use, read through the launcher's own NVML placement."""
-    from launcher.planning.gpus import Nvml
     from launcher.planning.placement import parse_gpus, plan_placement
 
-    if state.max_parallel is not None and state.max_parallel < 1:
-        raise UsageError(f"--max-parallel must be at least 1, got {state.max_parallel}")
     request = parse_gpus(state.gpus)
     if request.kind == "cpu":
         return GpuSlots([], state.max_parallel)
-    nvml = Nvml()
+    nvml = nvml or Nvml()
     placement = plan_placement(1, request, nvml)  # UsageError for GPU ids that do not exist
     if placement.cpu_mode:
         return GpuSlots([], state.max_parallel)
@@ -200,10 +212,10 @@ def sweep_main(argv: list[str]) -> int:
     state = resumed_sweep(args) if args.resume else new_sweep(args)
     if not state.cells:
         raise UsageError("the grid is empty")
-    configs = {cell.name: resolve_cell(state, cell) for cell in state.cells}
-    from launcher.planning.prepare import check_data
-
-    check_data(next(iter(configs.values())), "federated")
+    if state.max_parallel is not None and state.max_parallel < 1:
+        raise UsageError(f"--max-parallel must be at least 1, got {state.max_parallel}")
+    labels: dict[tuple[Any, ...], Any] = {}  # training labels read once per data set
+    configs = {cell.name: resolve_cell(state, cell, labels) for cell in state.cells}
     slots = gpu_slots(state)
     state.path.mkdir(parents=True, exist_ok=True)
     state.save()

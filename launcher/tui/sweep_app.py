@@ -52,9 +52,9 @@ class SweepApp(App[int]):
         self.code: int | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(id="now")
+        yield Static(id="now", markup=False)
         yield DataTable(id="grid", cursor_type="row", zebra_stripes=True)
-        yield Static(id="events")
+        yield Static(id="events", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
