@@ -225,6 +225,35 @@ def test_queue_stop_and_resume(tmp_path: Path) -> None:
     assert [c.state for c in load_sweep(state.path).cells] == ["done"] * 4
 
 
+def test_a_failed_cell_goes_on_from_its_checkpoint_once(tmp_path: Path) -> None:
+    # Prepare: the first cell's run dies (exit 1) after its round 1, every time it runs
+    state = make_state(tmp_path, ["iid"], ["0", "1"])
+    script = tmp_path / "dying.py"
+    script.write_text(FAKE_CELL.replace("if r == hold:", "if r == hold:\n        sys.exit(1)"))
+    calls: list[tuple[str, bool]] = []
+    events: list[CellEvent] = []
+    queue = fake_queue(state, tmp_path, {}, calls, events)
+    first = state.cells[0].name
+
+    def argv(cell: CellState, gpus: str, resume: bool) -> list[str]:
+        calls.append((cell.name, resume))
+        hold = str(len([c for c in calls if c[0] == first])) if cell.name == first else "0"
+        return [sys.executable, str(script), str(state.cell_dir(cell)), "3", "0", hold]
+
+    queue.argv = argv
+
+    # Execute
+    code = asyncio.run(queue.run())
+
+    # Assert: run, resumed once from its checkpoint (dying again after round 2), then given up
+    assert code == 1
+    assert calls == [(first, False), (first, True), (state.cells[1].name, False)]
+    assert [c.state for c in load_sweep(state.path).cells] == ["failed", "done"]
+    rounds = [json.loads(x).get("round") for x in
+              (state.cell_dir(state.cells[0]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rounds if r] == [1, 2]
+
+
 def test_report_of_a_sweep_matches_its_metrics(tmp_path: Path) -> None:
     # Prepare: a finished 2 x 2 sweep of fake cells, and a published table
     state = make_state(tmp_path, ["iid", "classes:2"], ["0", "1"])

@@ -52,7 +52,8 @@ class SweepQueue:
     def __init__(self, state: SweepState, slots: GpuSlots,
                  argv: Callable[[CellState, str, bool], list[str]],
                  need: Callable[[CellState], int], env: dict[str, str],
-                 on_event: Callable[[CellEvent], None], poll: float = 1.0) -> None:
+                 on_event: Callable[[CellEvent], None], poll: float = 1.0,
+                 retries: int = 1) -> None:
         self.state = state
         self.slots = slots
         self.argv = argv
@@ -60,6 +61,8 @@ class SweepQueue:
         self.env = env
         self.on_event = on_event
         self.poll = poll
+        self.retries = retries  # a failed cell with a checkpoint goes on from it this often
+        self.tries: dict[str, int] = {}
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.tails: dict[str, FileTail] = {}
         self.known: dict[int, psutil.Process] = {}
@@ -103,11 +106,12 @@ class SweepQueue:
         while True:
             if self.stop_signal is None:
                 for cell in self.state.cells:
-                    if cell.state == "done" or cell.name in tasks:
+                    if cell.state == "done" or not self._due(cell, tasks):
                         continue
                     gpus = self.slots.take(cell.name, self.need(cell))
                     if gpus is None:
                         break  # grid order: the next cell waits for room
+                    self.tries[cell.name] = self.tries.get(cell.name, 0) + 1
                     tasks[cell.name] = asyncio.create_task(self._run_cell(cell, gpus))
             live = [t for t in tasks.values() if not t.done()]
             if not live:
@@ -125,6 +129,16 @@ class SweepQueue:
         if self.stop_signal is not None:
             return SIGNAL_EXIT.get(self.stop_signal, 130)
         return 1 if any(c.state == "failed" for c in self.state.cells) else 0
+
+    def _due(self, cell: CellState, tasks: dict[str, asyncio.Task[None]]) -> bool:
+        """Not yet run by this queue; or failed (not for bad input) with a checkpoint to go on
+        from, and retries left: a run that died of a passing cause (a machine under load)."""
+        task = tasks.get(cell.name)
+        if task is None:
+            return True
+        return (task.done() and cell.state == "failed" and cell.exit_code not in (None, 2)
+                and can_resume(self.state.cell_dir(cell))
+                and self.tries.get(cell.name, 0) <= self.retries)
 
     async def _run_cell(self, cell: CellState, gpus: str) -> None:
         run_dir = self.state.cell_dir(cell)
