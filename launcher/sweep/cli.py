@@ -231,9 +231,11 @@ def sweep_main(argv: list[str]) -> int:
         return cell_argv(state, cell, gpus, resume)
 
     if not headless:
-        from launcher.tui.sweep_app import run_sweep_tui
+        from launcher.supervision.runner import run_sweep_tui
 
-        return run_sweep_tui(lambda on_event: SweepQueue(state, slots, argv_of, need, env, on_event))
+        code = run_sweep_tui(lambda on_event: SweepQueue(state, slots, argv_of, need, env, on_event))
+        print(closing_line(state, code), flush=True)  # the screen is gone: the result stays
+        return code
     printer = SweepPrinter()
     queue = SweepQueue(state, slots, argv_of, need, env, printer)
     counts = state.counts()

@@ -100,13 +100,3 @@ class SweepApp(App[int]):
         self.queue.stop(signal.SIGINT)
         self.redraw()
 
-
-def run_sweep_tui(make_queue: Callable[[Callable[[CellEvent], None]], SweepQueue]) -> int:
-    app = SweepApp(make_queue)
-    code = app.run()
-    state = app.queue.state
-    from launcher.sweep.cli import closing_line
-
-    result = int(code) if code is not None else 1
-    print(closing_line(state, result), flush=True)
-    return result
