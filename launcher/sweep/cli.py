@@ -51,7 +51,8 @@ def build_sweep_parser() -> argparse.ArgumentParser:
                         help="at most N cells at once (default: as many as fit; 1 on the CPU)")
     parser.add_argument("--headless", action="store_true", help="no TUI: a line per cell event")
     for key, text in CONFIG_FLAGS.items():
-        parser.add_argument(f"--{key}", default=None, metavar="V[,V...]", help=text)
+        parser.add_argument(f"--{key}", default=None, help=text,
+                            metavar="PATH" if key in NOT_AXES else "V[,V...]")
     return parser
 
 
