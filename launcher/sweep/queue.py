@@ -160,6 +160,12 @@ class SweepQueue:
             self.emit("failed", cell, f"cannot start: {exc}")
             return
         self.procs[cell.name] = proc
+        if self.stop_signal is not None:  # the stop came while the child was starting
+            self._remember(proc)
+            try:
+                os.killpg(proc.pid, self.stop_signal)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.tails[cell.name] = FileTail(run_dir / "metrics.jsonl")
         self.state.save()
         where = "CPU" if gpus == "cpu" else f"GPU {gpus}"
