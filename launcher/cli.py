@@ -44,6 +44,8 @@ examples:
   fedlaunch --local --epochs 20                    the same model and data, no federation
   fedlaunch --dry-run --clients 4                  print the processes, GPUs and ports; start nothing
   fedlaunch report runs/A runs/B                   curves of two runs side by side
+  fedlaunch sweep --profile P --seeds 0-2 --partition iid,classes:2   a grid of runs (sweep --help)
+  fedlaunch report sweeps/S                        a sweep's table: mean +- sd over seeds
 
 exit codes: 0 done, 1 run failed, 2 bad input, 129 hung up (SIGHUP: the terminal or SSH
 session closed), 130 interrupted (Ctrl+C), 143 terminated (SIGTERM)
@@ -374,7 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     args_list = sys.argv[1:] if argv is None else argv
     try:
+        if args_list[:1] == ["sweep"]:
+            from launcher.sweep.cli import sweep_main
+
+            return sweep_main(args_list[1:])
         if args_list[:1] == ["report"]:
+            from launcher.report_sweep import is_sweep_report, sweep_report_main
+
+            if is_sweep_report(args_list[1:]):
+                return sweep_report_main(args_list[1:])
             return report_main(args_list[1:])
         if args_list[:1] == ["certs"]:
             from launcher.network.certs import certs_main

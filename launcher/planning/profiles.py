@@ -11,6 +11,11 @@ from fedcore.errors import UsageError
 
 # Keys a profile may hold beyond the run settings: launcher choices.
 LAUNCHER_KEYS = {"local": bool, "gpus": str, "max-restarts": int}
+# The profile's published figures: a table `[published]` with `source`, `metric` ("best" or
+# "final" test accuracy), `setting` (the run setting that tells cells apart, e.g. "partition")
+# and `[published.values]`: setting value -> [mean, sd] in percent.
+PUBLISHED = "published"
+PUBLISHED_METRICS = ("best", "final")
 
 
 def profile_names() -> list[str]:
@@ -45,6 +50,7 @@ def load_profile(name_or_path: str) -> tuple[str, dict[str, Any]]:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{where} is not valid TOML: {exc}") from None
+    values.pop(PUBLISHED, None)  # what the source reports, for `fedlaunch report`: not a setting
     for key, value in values.items():
         if isinstance(value, dict):
             raise UsageError(f"{where}: '{key}' is a table; a profile holds plain settings only")
@@ -58,3 +64,30 @@ def describe_profiles() -> str:
         first = text.splitlines()[0] if text else ""
         lines.append(f"{name:<12} {first.lstrip('# ').strip()}")
     return "\n".join(lines)
+
+
+def published_of(name_or_path: str) -> dict[str, Any] | None:
+    """The profile's `[published]` table, checked; None when it has none."""
+    where, text = profile_text(name_or_path)
+    try:
+        table = tomllib.loads(text).get(PUBLISHED)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where} is not valid TOML: {exc}") from None
+    if table is None:
+        return None
+    bad = UsageError(f"{where}: [published] needs source, metric ({' or '.join(PUBLISHED_METRICS)}), "
+                     "setting and a [published.values] table of [mean, sd] pairs in percent")
+    if not isinstance(table, dict):
+        raise bad
+    values = table.get("values")
+    if (not isinstance(table.get("source"), str) or table.get("metric") not in PUBLISHED_METRICS
+            or not isinstance(table.get("setting"), str) or not isinstance(values, dict)):
+        raise bad
+    for pair in values.values():
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)):
+            raise bad
+    profile_value = tomllib.loads(text).get(table["setting"])
+    return {"source": table["source"], "metric": table["metric"], "setting": table["setting"],
+            "profile_value": profile_value if isinstance(profile_value, str) else None,
+            "values": {str(k): [float(v[0]), float(v[1])] for k, v in values.items()}}

@@ -1,10 +1,12 @@
-"""Runs a Plan: headless with a printer, or under the Textual view, guarded by the watchdog."""
+"""Runs a Plan headless or under the Textual view, guarded by the watchdog; and a sweep's view."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from launcher.events import EventBus
 from launcher.planning.gpus import Nvml
@@ -14,6 +16,9 @@ from launcher.supervision.headless import FinalLine, HeadlessPrinter
 from launcher.supervision.supervisor import Supervisor
 from launcher.supervision.watchdog import Watchdog
 from launcher.tracking.tracker import Tracking
+
+if TYPE_CHECKING:
+    from launcher.sweep.queue import CellEvent, SweepQueue
 
 
 def make_supervisor(plan: Plan, bus: EventBus, track: tuple[str, ...] = ()) -> Supervisor:
@@ -53,4 +58,12 @@ def run_tui(plan: Plan, *, exit_on_finish: bool = False, track: tuple[str, ...] 
     if not terminal_gone():  # the screen is gone: the result stays in the terminal, as headless prints it
         with contextlib.suppress(OSError):
             final.print()
+    return int(code) if code is not None else 1
+
+
+def run_sweep_tui(make_queue: Callable[[Callable[[CellEvent], None]], SweepQueue]) -> int:
+    """The sweep's screen until the sweep ends or is stopped; the sweep's exit code."""
+    from launcher.tui.sweep_app import SweepApp
+
+    code = SweepApp(make_queue).run()
     return int(code) if code is not None else 1
