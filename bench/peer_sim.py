@@ -59,6 +59,8 @@ from peer_sim_parts import (  # noqa: E402
 
 BIN = Path(sys.executable).parent
 FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+# the helper commands run in the measured checkout leave nothing in it (no __pycache__, no index)
+QUIET = {**FLWR_ENV, "PYTHONDONTWRITEBYTECODE": "1", "GIT_OPTIONAL_LOCKS": "0"}
 FEDERATION = "peer"
 SETTLE = 3.0  # seconds after a command's exit before what it left running is named and stopped
 
@@ -81,15 +83,17 @@ def python_of(script: Path) -> str:
 def checkout_of(python: str) -> tuple[Path, str]:
     """The fedcore package that `python` imports, and its checkout's commit (+ if changed)."""
     out = subprocess.run([python, "-c", "import fedcore, os; print(os.path.dirname(fedcore.__file__))"],
-                         capture_output=True, text=True, env={**os.environ, **FLWR_ENV})
+                         capture_output=True, text=True, env={**os.environ, **QUIET})
     if out.returncode != 0:
         raise SystemExit(f"peer_sim: error: {python} cannot import fedcore: "
                          f"{out.stderr.strip().splitlines()[-1:]}")
     fedcore_dir = Path(out.stdout.strip())
     git = ["git", "-C", str(fedcore_dir.parent)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    quiet = {**os.environ, **QUIET}
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          env=quiet)
     dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=quiet)
     commit = head.stdout.strip() or "?"
     return fedcore_dir, commit + (" + uncommitted changes" if dirty.stdout.strip() else "")
 
@@ -98,7 +102,7 @@ def warm_data(python: str, data_dir: str) -> None:
     """Decode the data set into fedcore's cache before the sitting, so no run pays for it."""
     code = ("import sys; from pathlib import Path; from fedcore.data import load_dataset; "
             "load_dataset('cifar10', Path(sys.argv[1]), log=lambda text: None)")
-    subprocess.run([python, "-c", code, data_dir], check=False)
+    subprocess.run([python, "-c", code, data_dir], check=False, env={**os.environ, **QUIET})
 
 
 def measure(side: str, run: str, clients: int, cmd: list[str], env: dict[str, str],
@@ -253,7 +257,7 @@ def fallback_config(args: argparse.Namespace, clients: int, python: str) -> dict
     code = ("import json, sys; from fedcore.config import from_layers; "
             "print(json.dumps(from_layers([('peer_sim', json.loads(sys.argv[1]))]).to_run_config()))")
     done = subprocess.run([python, "-c", code, json.dumps(layers)], capture_output=True, text=True,
-                          check=True)
+                          check=True, env={**os.environ, **QUIET})
     return dict(json.loads(done.stdout))
 
 
