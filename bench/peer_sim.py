@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -62,6 +63,7 @@ FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 # the helper commands run in the measured checkout leave nothing in it (no __pycache__, no index)
 QUIET = {**FLWR_ENV, "PYTHONDONTWRITEBYTECODE": "1", "GIT_OPTIONAL_LOCKS": "0"}
 FEDERATION = "peer"
+SUPERLINK_TIMEOUT = "Failed to start local SuperLink within"
 SETTLE = 3.0  # seconds after a command's exit before what it left running is named and stopped
 
 
@@ -170,7 +172,30 @@ def ray_run(args: argparse.Namespace, run: str, clients: int, folder: Path, fedc
         subprocess.run(["rm", "-rf", str(ray_tmp)], check=False)
 
 
+def ray_run_retried(args: argparse.Namespace, run: str, clients: int, folder: Path,
+                    fedcore_dir: Path, base_config: dict[str, Any]) -> dict[str, Any]:
+    """A Ray run, started again (in a fresh folder; the failed one is kept beside it) when Flower's
+    managed local SuperLink did not answer within its fixed 15 s, as on a loaded machine."""
+    for attempt in range(args.superlink_retries + 1):
+        row = ray_run(args, run, clients, folder, fedcore_dir, base_config)
+        log = (folder / "run.log").read_text(errors="replace")
+        if row["rc"] == 0 or SUPERLINK_TIMEOUT not in log or attempt == args.superlink_retries:
+            break
+        print(f"# {run}: {SUPERLINK_TIMEOUT}; once more", flush=True)
+        folder.rename(folder.with_name(f"{folder.name}-superlink-timeout-{attempt + 1}"))
+        folder.mkdir()
+    row["superlink_start_failures"] = attempt
+    return row
+
+
+def stop_on(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP stop the sitting as Ctrl+C does: the run in progress is stopped."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell's `cmd &`
+        signal.signal(sig, stop_on)                             # starts it ignored
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[100])
@@ -186,6 +211,8 @@ def main() -> None:
     parser.add_argument("--ray-num-cpus", type=float, default=1.0,
                         help="options.backend.client-resources.num-cpus (CPUs per Ray actor)")
     parser.add_argument("--ray-num-gpus", type=float, default=0.0)
+    parser.add_argument("--superlink-retries", type=int, default=2,
+                        help="Ray runs started again when Flower's local SuperLink does not start in 15 s")
     parser.add_argument("--sides", nargs="+", choices=["fedlaunch", "ray"], default=["fedlaunch", "ray"])
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between PSS samples")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a run may take")
@@ -234,12 +261,13 @@ def main() -> None:
                     row = measure("fedlaunch", folder.name, clients,
                                   fedlaunch_cmd(args, clients, folder / "run"), dict(os.environ),
                                   folder, folder / "run", args)
+                    row["commit"] = checkout_of(python)[1]  # the checkout may change meanwhile
                     if base is None and row["rc"] == 0:
                         base, partitions = read_run_config(folder / "run"), folder / "run/partitions.json"
                 else:
                     if base is None:
                         base = fallback_config(args, clients, python)
-                    row = ray_run(args, folder.name, clients, folder, fedcore_dir, base)
+                    row = ray_run_retried(args, folder.name, clients, folder, fedcore_dir, base)
                     mine = folder / "run/partitions.json"
                     row["partitions_identical"] = (partitions is not None and mine.is_file()
                                                    and filecmp.cmp(partitions, mine, shallow=False))
@@ -265,5 +293,5 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # the run in progress and what it started are stopped
-        print("peer_sim: interrupted", file=sys.stderr)
+        print("peer_sim: stopped; the runs done so far are in peer_sim.json", file=sys.stderr)
         raise SystemExit(130) from None
