@@ -60,7 +60,8 @@ from peer_sim_parts import (  # noqa: E402
 
 BIN = Path(sys.executable).parent
 FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-# the helper commands run in the measured checkout leave nothing in it (no __pycache__, no index)
+# the helper commands run in the measured checkout leave nothing in it (no __pycache__, no index);
+# they run in / so that `python -c` imports the checkout's fedcore, not one in the current folder
 QUIET = {**FLWR_ENV, "PYTHONDONTWRITEBYTECODE": "1", "GIT_OPTIONAL_LOCKS": "0"}
 FEDERATION = "peer"
 SUPERLINK_TIMEOUT = "Failed to start local SuperLink within"
@@ -85,7 +86,7 @@ def python_of(script: Path) -> str:
 def checkout_of(python: str) -> tuple[Path, str]:
     """The fedcore package that `python` imports, and its checkout's commit (+ if changed)."""
     out = subprocess.run([python, "-c", "import fedcore, os; print(os.path.dirname(fedcore.__file__))"],
-                         capture_output=True, text=True, env={**os.environ, **QUIET})
+                         capture_output=True, text=True, env={**os.environ, **QUIET}, cwd="/")
     if out.returncode != 0:
         raise SystemExit(f"peer_sim: error: {python} cannot import fedcore: "
                          f"{out.stderr.strip().splitlines()[-1:]}")
@@ -104,7 +105,7 @@ def warm_data(python: str, data_dir: str) -> None:
     """Decode the data set into fedcore's cache before the sitting, so no run pays for it."""
     code = ("import sys; from pathlib import Path; from fedcore.data import load_dataset; "
             "load_dataset('cifar10', Path(sys.argv[1]), log=lambda text: None)")
-    subprocess.run([python, "-c", code, data_dir], check=False, env={**os.environ, **QUIET})
+    subprocess.run([python, "-c", code, data_dir], check=False, env={**os.environ, **QUIET}, cwd="/")
 
 
 def measure(side: str, run: str, clients: int, cmd: list[str], env: dict[str, str],
@@ -285,7 +286,7 @@ def fallback_config(args: argparse.Namespace, clients: int, python: str) -> dict
     code = ("import json, sys; from fedcore.config import from_layers; "
             "print(json.dumps(from_layers([('peer_sim', json.loads(sys.argv[1]))]).to_run_config()))")
     done = subprocess.run([python, "-c", code, json.dumps(layers)], capture_output=True, text=True,
-                          check=True, env={**os.environ, **QUIET})
+                          check=True, env={**os.environ, **QUIET}, cwd="/")
     return dict(json.loads(done.stdout))
 
 
