@@ -57,6 +57,9 @@ from tests.runs import (  # noqa: E402
 if TYPE_CHECKING:
     from gpu_acceptance import Context
 
+# The steps check one process per client (its pinning in NVML, kill -9 of a client, its restart):
+# the Deployment Engine's. The simulation engine's workers are pinned the same way (planning.pool).
+ENGINE = ["--engine", "deployment"]
 OOM_LEAVE = 6 * GIB  # free memory the out-of-memory step leaves on the GPU for its run
 BALLAST = ("import sys, time, torch; x = torch.empty(int(sys.argv[1]), dtype=torch.uint8, "
            "device='cuda'); torch.cuda.synchronize(); print('ready', flush=True); time.sleep(900)")
@@ -96,7 +99,7 @@ def step_plan(ctx: Context) -> None:
     """--dry-run: every client on the GPU, named by its NVML id and name."""
     never = ctx.step_dir / "not-created"
     code, path = ctx.run(fedlaunch_argv("--dry-run", "--clients", "4", "--gpus", gpus_flag(ctx),
-                                        *data_flags(ctx), "--out", str(never)), "plan")
+                                        *ENGINE, *data_flags(ctx), "--out", str(never)), "plan")
     text = path.read_text()
     ctx.log(text)
     ctx.check(code == 0, f"fedlaunch --dry-run exits 0 (got {code})")
@@ -134,7 +137,7 @@ def step_pinning_restart(ctx: Context) -> None:
     before = baseline(ctx)
     args = ["--clients", str(clients), "--gpus", gpus_flag(ctx), "--headless", "--round-timeout", "60",
             "--rounds", str(rounds_), "--local-epochs", "1" if ctx.cpu else "2",
-            *model_flags(ctx), *data_flags(ctx)]
+            *model_flags(ctx), *ENGINE, *data_flags(ctx)]
     ctx.log("$ fedlaunch " + shlex.join(args))
     out = ctx.step_dir / "run"
     with Run(args, out, ctx.step_dir) as run:
@@ -248,7 +251,7 @@ def step_tui(ctx: Context) -> None:
     clients = 2 if ctx.cpu else 8
     out = ctx.step_dir / "run"
     args = ["--clients", str(clients), "--gpus", gpus_flag(ctx), "--rounds", "5",
-            "--local-epochs", "1" if ctx.cpu else "5", *model_flags(ctx), *data_flags(ctx), "--out", str(out)]
+            "--local-epochs", "1" if ctx.cpu else "5", *model_flags(ctx), *ENGINE, *data_flags(ctx), "--out", str(out)]
     sock, session = f"fedlaunch-acceptance-{os.getpid()}", "tui"
     tmux = ["tmux", "-L", sock]
     env = ctx.env({"TERM": "xterm-256color"})
@@ -361,7 +364,7 @@ def step_oom(ctx: Context) -> None:
     # --workers 2: one process per client, as without the worker pool; at batch 5000 the launcher's
     # own estimate would otherwise give the two clients a single pool worker.
     args = ["--clients", "2", "--workers", "2", "--gpus", gpus_flag(ctx), "--rounds", "1", "--headless",
-            "--round-timeout", "60", *data_flags(ctx),
+            "--round-timeout", "60", *ENGINE, *data_flags(ctx),
             *(model_flags(ctx) if ctx.cpu else ["--model", "mobilenetv2", "--batch-size", "5000"])]
     ctx.log("$ fedlaunch " + shlex.join(args))
     with Run(args, ctx.step_dir / "run", ctx.step_dir, env=extra) as run:

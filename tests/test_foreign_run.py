@@ -40,7 +40,7 @@ def test_a_run_submitted_first_by_someone_else_is_refused_and_named(tmp_path: Pa
     out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     theirs = make_app(tmp_path / "theirs", RunConfig(dataset="synthetic", clients=2, rounds=1,
                                                      out_dir=str(elsewhere)))
-    with Run(["--clients", "2", "--workers", "1", "--rounds", "2", *SMALL, "--gpus", "cpu",
+    with Run(["--engine", "deployment", "--clients", "2", "--workers", "1", "--rounds", "2", *SMALL, "--gpus", "cpu",
               "--headless"], out, cwd=tmp_path) as run:
         held = wait_until(lambda: workers_of(out), 120, "the pool's worker")
         for worker in held:

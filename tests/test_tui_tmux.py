@@ -120,7 +120,7 @@ def test_closing_the_terminal_mid_run_stops_the_run_with_129(tmp_path: Path) -> 
     argv = fedlaunch_argv("--clients", "2", "--rounds", "30", *SMALL, "--out", str(out))
     command = shlex.join([sys.executable, "-c", RECORD_EXIT, str(exit_file), *argv])
     env = child_env({"TERM": "xterm-256color"})
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command],
+    subprocess.run(tmux(session, "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command),
                    env=env, check=True)
     try:
         wait_until(lambda: len(rounds(out)) >= 1, 150, "round 1 to finish",
@@ -129,7 +129,7 @@ def test_closing_the_terminal_mid_run_stops_the_run_with_129(tmp_path: Path) -> 
     finally:
         # Execute: the terminal closes (SIGHUP to fedlaunch, its pty gone)
         closed = time.time()
-        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+        subprocess.run(tmux(session, "kill-session", "-t", session), check=False)
     try:
         wait_until(exit_file.exists, 30, "fedlaunch to exit once its terminal closed",
                    detail=lambda: describe(processes_mentioning(str(out))))
