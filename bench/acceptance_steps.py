@@ -251,7 +251,8 @@ def step_tui(ctx: Context) -> None:
     clients = 2 if ctx.cpu else 8
     out = ctx.step_dir / "run"
     args = ["--clients", str(clients), "--gpus", gpus_flag(ctx), "--rounds", "5",
-            "--local-epochs", "1" if ctx.cpu else "5", *model_flags(ctx), *ENGINE, *data_flags(ctx), "--out", str(out)]
+            "--local-epochs", "1" if ctx.cpu else "5", *model_flags(ctx), *ENGINE, *data_flags(ctx),
+            "--out", str(out)]
     sock, session = f"fedlaunch-acceptance-{os.getpid()}", "tui"
     tmux = ["tmux", "-L", sock]
     env = ctx.env({"TERM": "xterm-256color"})

@@ -589,7 +589,8 @@ def test_ctrl_c_while_the_superlink_starts(tmp_path: Path) -> None:
 
     from tests.runs import SMALL, Run
 
-    with Run(["--engine", "deployment", *SMALL, "--clients", "2", "--rounds", "1", "--gpus", "cpu", "--headless"],
+    with Run(["--engine", "deployment", *SMALL, "--clients", "2", "--rounds", "1", "--gpus", "cpu",
+              "--headless"],
              tmp_path / "run", tmp_path) as run:
         run.wait_for_role("superlink", timeout=120)
         sent = time.time()

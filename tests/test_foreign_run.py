@@ -40,8 +40,8 @@ def test_a_run_submitted_first_by_someone_else_is_refused_and_named(tmp_path: Pa
     out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     theirs = make_app(tmp_path / "theirs", RunConfig(dataset="synthetic", clients=2, rounds=1,
                                                      out_dir=str(elsewhere)))
-    with Run(["--engine", "deployment", "--clients", "2", "--workers", "1", "--rounds", "2", *SMALL, "--gpus", "cpu",
-              "--headless"], out, cwd=tmp_path) as run:
+    with Run(["--engine", "deployment", "--clients", "2", "--workers", "1", "--rounds", "2", *SMALL,
+              "--gpus", "cpu", "--headless"], out, cwd=tmp_path) as run:
         held = wait_until(lambda: workers_of(out), 120, "the pool's worker")
         for worker in held:
             worker.send_signal(signal.SIGSTOP)
