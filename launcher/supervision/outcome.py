@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
-from fedcore.rundir import RUN_FOLDER_FAILED
+from fedcore.rundir import RUN_FOLDER_FAILED, RunDir, summarize
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGHUP = 128 + signal.SIGHUP  # 129: the terminal or SSH session went away
@@ -57,3 +58,29 @@ def serverapp_folder_failure(name: str, tail: tuple[str, ...]) -> RunFailed | No
             return RunFailed(name, f"(the ServerApp) refused run {line.removeprefix(REFUSED_RUN)}; "
                              "this launch's own run cannot start: launch again")
     return None
+
+
+def write_summary(rundir: RunDir, records: list[dict[str, Any]], ended: dict[str, Any] | None,
+                  mode: str, reason: str, wall: float, restarts: dict[str, int],
+                  ) -> tuple[dict[str, Any], OSError | None]:
+    """metrics.jsonl's end record (unless the app wrote one: `ended`) and summary.json, each as
+    far as the run folder lets it be written; the summary, and the first write that failed.
+    `records` are the metrics as the launcher read them, used where metrics.jsonl is unreadable."""
+    error: OSError | None = None
+    try:
+        rundir.create()
+        if ended is None and reason != "completed":
+            rundir.append_metric("end", exit_reason=reason)
+    except OSError as exc:
+        error, reason = exc, "failed"
+    try:
+        read = rundir.metrics()
+    except OSError:
+        read = records
+    summary = summarize(rundir, mode=mode, exit_reason=reason, wall_seconds=wall, records=read)
+    summary["restarts"] = dict(restarts)
+    try:
+        rundir.write_summary(summary)
+    except OSError as exc:
+        error = error or exc
+    return summary, error

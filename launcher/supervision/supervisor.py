@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fedcore.rundir import RunDir, summarize
+from fedcore.rundir import RunDir
 from launcher.events import (
     ClientProgress,
     EventBus,
@@ -29,7 +29,6 @@ from launcher.planning.plan import Plan
 from launcher.supervision.departures import Departures
 from launcher.supervision.follow import RunFollower
 from launcher.supervision.hints import TOKEN_REFUSED, explain_failure
-from launcher.supervision.observe import gpu_stats, oom_text, pid_namespace_note
 from launcher.supervision.outcome import (
     EXIT_FAILED,
     EXIT_OK,
@@ -40,9 +39,11 @@ from launcher.supervision.outcome import (
     RunFailed,
     folder_failed,
     serverapp_folder_failure,
+    write_summary,
 )
 from launcher.supervision.poolwait import wait_for_pool
 from launcher.supervision.procs import ManagedProcess, ProcessFactory, stop_all
+from launcher.supervision.publish import RunPublisher
 from launcher.supervision.roles import role, starts_at_once
 from launcher.supervision.startup import (
     child_base_env,
@@ -94,8 +95,6 @@ class Supervisor:
         self.factory = factory
         self.watchdog = watchdog
         self.afterwards = afterwards
-        self.tracking = tracking  # --track: the metrics records go on to TensorBoard, W&B, MLflow
-        self._tracked = 0  # how many of the follower's records the tracking has been given
         self.rundir = RunDir(plan.run_dir)
         self._unechoed = {p.name for p in plan.processes if not role(p.role).echo}
         self._refused = ""  # the last line refusing a task token (see _serverapp_tail)
@@ -108,8 +107,7 @@ class Supervisor:
         self._stop_reason: str | None = None
         self._wake = asyncio.Event()
         self._base_env = {**child_base_env(), **(watchdog.env if watchdog else {})}
-        self._out_of_memory: str | None = None  # the first client's OOM text: the run fails on it
-        self._pid_note_said = False  # NVML lists none of the run's pids (a container): said once
+        self.publisher = RunPublisher(plan, bus, self.follower, nvml, tracking)
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Ask the run to stop (Ctrl+C, q, SIGTERM, SIGHUP); safe to call more than once."""
@@ -151,13 +149,15 @@ class Supervisor:
             await self._stop_processes(reason)
             if self.watchdog is not None:
                 self.watchdog.close()
-            self._publish_events()
-        if self._out_of_memory is not None and reason == "completed":  # seen only at the very end
-            reason, code, failed = "failed", EXIT_FAILED, self._out_of_memory.split(" ", 1)[0]
-            self.bus.publish(Notice("error", self._out_of_memory))
+            self.publisher.records()
+        if self.publisher.out_of_memory is not None and reason == "completed":  # seen only at the very end
+            reason, code, failed = "failed", EXIT_FAILED, self.publisher.out_of_memory.split(" ", 1)[0]
+            self.bus.publish(Notice("error", self.publisher.out_of_memory))
         if self._stop_reason and reason == "failed":
             reason, code = self._stop_reason, STOP_CODES[self._stop_reason]
-        summary, unwritten = self._write_summary(reason, self.clock() - started)
+        summary, unwritten = write_summary(self.rundir, self.follower.records, self.follower.ended(),
+                                           self.plan.mode, reason, self.clock() - started,
+                                           self.restarts)
         if unwritten is not None:  # the run folder cannot be written: the run fails, named
             if (exc := folder_failed(unwritten, self.plan.run_dir)) is None:
                 raise unwritten
@@ -167,7 +167,7 @@ class Supervisor:
             if code == EXIT_OK:
                 reason, code = "failed", EXIT_FAILED
                 summary["exit_reason"] = reason
-        await self._close_tracking(reason)
+        await self.publisher.close_tracking(reason)
         self.bus.publish(RunFinished(reason, code, summary, failed, tuple(tail)))
         if self.afterwards is not None and unwritten is None:
             self.afterwards(self.plan.run_dir)
@@ -252,10 +252,10 @@ class Supervisor:
         """Publish progress until the run ends or a stop is asked for; return the exit reason."""
         next_gpu = 0.0
         while True:
-            self._publish_events()
-            if self._out_of_memory is not None:
+            self.publisher.records()
+            if self.publisher.out_of_memory is not None:
                 # Out of memory repeats every round with the same settings: stop now, exit 1.
-                client, text = self._out_of_memory.split(" ", 1)
+                client, text = self.publisher.out_of_memory.split(" ", 1)
                 raise RunFailed(client, text)
             if self.follower.ended() is not None:
                 # The app wrote its 'end' record: the run is complete, whatever is still running.
@@ -268,7 +268,7 @@ class Supervisor:
                 return self._stop_reason
             if self.monotonic() >= next_gpu:
                 self._watch_descendants()
-                self._publish_gpu_stats()
+                self.publisher.gpus(self.processes)
                 next_gpu = self.monotonic() + self.gpu_interval
             outcome = await self._check_processes()
             if outcome is not None:
@@ -279,46 +279,6 @@ class Supervisor:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             except TimeoutError:
                 pass
-
-    def _publish_events(self) -> None:
-        events = self.follower.poll()
-        if self.tracking is not None:
-            self.tracking.feed(self.follower.records[self._tracked:])
-            self._tracked = len(self.follower.records)
-            for text in self.tracking.notices():
-                self.bus.publish(Notice("warning", text))
-        for event in events:
-            self.bus.publish(event)
-            if isinstance(event, ClientProgress) and event.error == "out of memory":
-                text = oom_text(self.plan, self.nvml, event)
-                if self._out_of_memory is None:
-                    self._out_of_memory = text
-                else:
-                    self.bus.publish(Notice("error", text))
-
-    def _publish_gpu_stats(self) -> None:
-        """The GPUs' reading, with the memory each client (or worker) process tree holds."""
-        owners = {pid: name for name, proc in self.processes.items()
-                  for pid in (proc.pid, *proc.known) if pid is not None}
-        stats = gpu_stats(self.plan, self.nvml, owners)
-        self.bus.publish(stats)
-        if self._pid_note_said or stats.held or not stats.samples or not any(  # once a round trained
-                r.get("event") == "round" for r in self.follower.records):
-            return
-        note = pid_namespace_note(stats.samples, owners)
-        if note is not None:
-            self._pid_note_said = True
-            self.bus.publish(Notice("info", note))
-
-    async def _close_tracking(self, reason: str) -> None:
-        """Finish the tracked runs (in a thread: W&B waits for its service to write the file)."""
-        if self.tracking is None:
-            return
-        self.tracking.feed(self.follower.records[self._tracked:])
-        self._tracked = len(self.follower.records)
-        await asyncio.to_thread(self.tracking.close, reason)
-        for text in self.tracking.notices():
-            self.bus.publish(Notice("warning", text))
 
     def _watch_descendants(self) -> None:
         """Remember every process's descendants (those that leave its group are still stopped)."""
@@ -361,7 +321,7 @@ class Supervisor:
                 pass
             on_exit = role(proc.spec.role).on_exit
             if on_exit == "lifeline":
-                self._publish_events()
+                self.publisher.records()
                 if self.follower.ended() is not None:
                     return "completed"
                 if (failed := await self._serverapp_failed()) is not None:
@@ -418,25 +378,3 @@ class Supervisor:
             await asyncio.gather(stop_all(clients, grace), *waits, return_exceptions=True)
         await stop_all(list(self.processes.values()), grace)
 
-    def _write_summary(self, reason: str, wall: float) -> tuple[dict[str, object], OSError | None]:
-        """metrics.jsonl's end record and summary.json, each as far as the run folder lets it
-        be written; the summary, and the first write that failed."""
-        error: OSError | None = None
-        try:
-            self.rundir.create()
-            if self.follower.ended() is None and reason != "completed":
-                self.rundir.append_metric("end", exit_reason=reason)
-        except OSError as exc:
-            error, reason = exc, "failed"
-        try:
-            records = self.rundir.metrics()
-        except OSError:  # metrics.jsonl unreadable: the records as the launcher read them
-            records = self.follower.records
-        summary = summarize(self.rundir, mode=self.plan.mode, exit_reason=reason,
-                            wall_seconds=wall, records=records)
-        summary["restarts"] = dict(self.restarts)
-        try:
-            self.rundir.write_summary(summary)
-        except OSError as exc:
-            error = error or exc
-        return summary, error
