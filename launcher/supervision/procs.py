@@ -27,20 +27,35 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A preexec function: the child gets SIGKILL when the launcher (`parent`) dies (Linux)."""
+    """A preexec function: the child gets SIGKILL when the launcher (`parent`) dies (Linux), and
+    keeps the launcher's niceness in the scheduler group its new session starts."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     def arm() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the launcher died before the signal was armed
             os.kill(os.getpid(), signal.SIGKILL)
+        if nice > 0:
+            keep_niceness(nice)
 
     return arm
+
+
+def keep_niceness(nice: int) -> None:
+    """Give this process's autogroup the niceness `nice`. setsid() starts a new autogroup, and
+    Linux shares the CPU between autogroups before it looks at niceness, so without this a
+    `nice fedlaunch` would still take a full share of the CPU for each child (see sched(7))."""
+    try:
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(nice))
+    except OSError:  # no autogroups in this kernel, or not allowed: niceness as it is
+        pass
 
 
 @dataclass(frozen=True)
