@@ -27,16 +27,23 @@ DEPARTED = "departed-nodes.txt"  # `ID` a client died (the server stops waiting)
 RUN_FOLDER_FAILED = "cannot write the run folder: "
 
 
-def run_folder_failure(exc: OSError, folder: Path) -> str | None:
-    """`fedlaunch: cannot write the run folder: PATH (CAUSE)` when `exc` is about a file in
-    `folder`; None for an error elsewhere (the data folder, the network)."""
+def failed_in_folder(exc: OSError, folder: Path) -> tuple[Path, str] | None:
+    """The path in `folder` that `exc` is about, and its cause; None for an error elsewhere (the
+    data folder, the network)."""
     name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes) else ""
     if not name:
         return None
     where, base = Path(os.path.abspath(name)), Path(os.path.abspath(folder))
     if where != base and base not in where.parents:
         return None
-    return f"fedlaunch: {RUN_FOLDER_FAILED}{where} ({exc.strerror or type(exc).__name__})"
+    return where, exc.strerror or type(exc).__name__
+
+
+def run_folder_failure(exc: OSError, folder: Path) -> str | None:
+    """`fedlaunch: cannot write the run folder: PATH (CAUSE)` when `exc` is about a file in
+    `folder`; None for an error elsewhere."""
+    found = failed_in_folder(exc, folder)
+    return None if found is None else f"fedlaunch: {RUN_FOLDER_FAILED}{found[0]} ({found[1]})"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

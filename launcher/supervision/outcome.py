@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
-from fedcore.rundir import RUN_FOLDER_FAILED, RunDir, summarize
+from fedcore.rundir import RUN_FOLDER_FAILED, RunDir, failed_in_folder, summarize
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGHUP = 128 + signal.SIGHUP  # 129: the terminal or SSH session went away
@@ -36,13 +35,9 @@ SERVERAPP_LINE = f"fedlaunch: {RUN_FOLDER_FAILED}"  # what the ServerApp prints 
 
 def folder_failed(exc: OSError, run_dir: Path) -> RunFailed | None:
     """`run folder PATH cannot be written (CAUSE)` when `exc` is about a file in `run_dir`."""
-    name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes) else ""
-    if not name:
-        return None
-    where, base = Path(os.path.abspath(name)), Path(os.path.abspath(run_dir))
-    if where != base and base not in where.parents:
-        return None
-    return RunFailed(RUN_FOLDER, f"{where} cannot be written ({exc.strerror or type(exc).__name__})")
+    found = failed_in_folder(exc, run_dir)
+    return None if found is None else RunFailed(RUN_FOLDER, f"{found[0]} cannot be written "
+                                                f"({found[1]})")
 
 
 REFUSED_RUN = "fedlaunch: the ServerApp refused run "  # launcher.shim.serverhost.REFUSED

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
-from textual.widgets import Static
 
 from launcher.tui.charts import bar, gib, sparkline
+from launcher.tui.panel import StatePanel
 from launcher.tui.state import GpuView, RunState
 
 CPU_MODE = "CPU mode: no NVIDIA GPU in use"
@@ -33,16 +31,8 @@ def short_name(name: str) -> str:
     return name.removeprefix("NVIDIA ").removeprefix("GeForce ")
 
 
-class GpuPanel(Static):
+class GpuPanel(StatePanel):
     """Three lines per GPU when there is room, one line per GPU when there is not."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._state: RunState | None = None
-
-    def show(self, state: RunState) -> None:
-        self._state = state
-        self.refresh()
 
     def render(self) -> Text:
         state = self._state

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
-from textual.widgets import Static
 
 from launcher.tui.charts import chart_rows
-from launcher.tui.state import RunState
+from launcher.tui.panel import StatePanel
 
 AXIS = 6  # cells right of a chart for its scale label
 MAX_CELLS = 6  # widest column of one round
 
 
-class MetricsPanel(Static):
+class MetricsPanel(StatePanel):
     """Accuracy (0..1) over loss (0..max), one column per round, newest on the right."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._state: RunState | None = None
-
-    def show(self, state: RunState) -> None:
-        self._state = state
-        self.refresh()
 
     def render(self) -> Text:
         state = self._state
