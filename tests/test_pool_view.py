@@ -10,13 +10,14 @@ import pytest
 from launcher.events import (
     ClientProgress,
     Event,
+    Notice,
     PoolStats,
     ProcessStarted,
     RoundStarted,
     RunStarted,
     WorkerInfo,
 )
-from launcher.supervision.follow import RunFollower
+from launcher.supervision.follow import RunFollower, metric_event
 from launcher.tui.clients import ClientsTable
 from launcher.tui.state import RunState
 from launcher.tui.workers import ClientsSummary, WorkersTable, clients_summary
@@ -130,3 +131,9 @@ async def test_100_clients_fit_the_screen(size: tuple[int, int]) -> None:
         assert clients.outer_size.height < size[1], "the clients table must scroll, not fill"
         assert clients.max_scroll_y > 0
         assert workers.region.bottom <= clients.region.y
+
+
+def test_the_nodes_record_says_how_many_clients_connected_on_either_engine() -> None:
+    # The simulation engine has no SuperLink: the line names none
+    event = metric_event({"event": "nodes", "connected": [3, 4], "expected": 12})
+    assert event == Notice("info", "2 of 12 clients connected")

@@ -125,7 +125,7 @@ def metric_event(record: dict[str, Any]) -> Event | None:
     try:
         if kind == "nodes" and "round" not in record:
             connected, expected = len(record["connected"]), int(record["expected"])
-            return Notice("info", f"{connected} of {expected} clients connected to the SuperLink")
+            return Notice("info", f"{connected} of {expected} clients connected")
         if kind == "round_start":
             return RoundStarted(round=int(record["round"]), total=int(record["total"]))
         if kind in ("round", "epoch"):
