@@ -96,12 +96,15 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see fedlaunch --help)")
 
 
+NUMBER_WORDS = {int: "a whole number", float: "a number"}
+
+
 def number(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"'{text}' is not {NUMBER_WORDS[kind]}") from None
 
     parse.__name__ = kind.__name__
     return parse

@@ -206,7 +206,8 @@ NOBODY = 65534
 
 CASES = [
     Case("unknown-flag", ("--bogus",), ("--bogus",)),
-    Case("clients-not-a-number", ("--clients", "three"), ("--clients", "'three'")),
+    Case("clients-not-a-number", ("--clients", "three"), ("--clients", "'three' is not a whole number")),
+    Case("lr-not-a-number", ("--lr", "fast"), ("--lr", "'fast' is not a number")),
     Case("clients-zero", ("--clients", "0"), ("--clients", "0")),
     Case("rounds-negative", ("--rounds", "-1"), ("--rounds", "-1")),
     Case("local-epochs-zero", ("--local-epochs", "0"), ("--local-epochs",)),
