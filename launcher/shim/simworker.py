@@ -8,8 +8,8 @@ torch work (such forks hang) or holds a CUDA context (which a child cannot use).
 
 A worker takes its environment from the host's order (CUDA_VISIBLE_DEVICES by GPU UUID, thread
 counts), connects to the host's Unix socket, and runs fedcore's ClientApp for each (Message,
-Context) it is sent (launcher.shim.simwire), with the run's own run config, loading the data set once and
-each client's partition by index (fedcore.shared_data).
+Context) it is sent (launcher.shim.simwire), with the run's own run config, on the data set the host
+loaded before the fork (fedcore.shared_data.preload) and each client's partition by index.
 """
 
 from __future__ import annotations
