@@ -124,7 +124,8 @@ def worker(order: dict[str, Any]) -> int:
     sock = connect(str(order["socket"]))
     simwire.send_frame(sock, {"op": "hello", "name": name, "pid": os.getpid(),
                               "gpu": str(order["gpu"])})
-    print(f"fedlaunch: {name} pid {os.getpid()} ready", flush=True)
+    print(f"fedlaunch: {name} pid {os.getpid()} ready ({torch.get_num_threads()} torch "
+          f"thread(s), {torch.get_num_interop_threads()} inter-op)", flush=True)
     while True:
         try:
             header, parts = simwire.recv_frame(sock)
