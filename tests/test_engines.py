@@ -90,17 +90,16 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_round_goes_on(tmp_path: Pa
     assert len(status["workers"]) == 2 and victim not in [w["pid"] for w in status["workers"]]
 
 
-def training_worker(out: Path) -> tuple[str, int] | None:
-    """(name, pid) of a worker pool.json shows training, or None."""
+def first_worker(out: Path) -> tuple[str, int] | None:
+    """(name, pid) of the first worker pool.json lists, or None."""
     status = json.loads((out / "pool.json").read_text())
-    return next(((w["name"], w["pid"]) for w in status["workers"] if w["state"] == "training"),
-                None)
+    return next(((w["name"], w["pid"]) for w in status["workers"]), None)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_hung_worker_is_killed_after_the_round_timeout_and_replaced(tmp_path: Path) -> None:
-    # Prepare: 4 clients on 2 workers; a task takes a few seconds, the round timeout is 30 s
+    # Prepare: 4 clients on 2 workers; a task takes about a second, the round timeout is 30 s
     out = tmp_path / "run"
     args = ["--clients", "4", "--workers", "2", "--rounds", "4", "--gpus", "cpu", "--headless",
             "--engine", "simulation", "--dataset", "synthetic", "--model", "cnn",
@@ -110,8 +109,9 @@ def test_a_hung_worker_is_killed_after_the_round_timeout_and_replaced(tmp_path: 
     with Run(args, out, cwd=tmp_path) as run:
         run.wait_for_event("round_start", round=2, timeout=400)
 
-        # Execute: stop (SIGSTOP) a worker while it trains: alive, its task never answered
-        name, victim = wait_until(lambda: training_worker(out), 120, "a worker training")
+        # Execute: stop (SIGSTOP) a worker: alive, and the task it runs now or the next one it
+        # is given (idle workers take tasks in turn; rounds 2-4 have 12) is never answered
+        name, victim = wait_until(lambda: first_worker(out), 120, "a worker in pool.json")
         os.kill(victim, signal.SIGSTOP)
         code = run.wait(400)
 
