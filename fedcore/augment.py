@@ -42,6 +42,18 @@ def reflect_pad(chw: torch.Tensor, pad: int) -> torch.Tensor:
     return chw[:, :, index][:, :, :, index].contiguous()
 
 
+def host_layout(images: ImageSet, augment: bool | str, *, train: bool) -> np.ndarray:
+    """`images` laid out as DeviceData keeps them (uint8 N x C x H x W, padded for a cropping
+    policy's training set), by numpy alone: no torch work runs, so the process may fork after."""
+    chw = np.ascontiguousarray(images.images.transpose(0, 3, 1, 2))
+    policy = policy_name(augment)
+    if train and policy in PADDED:
+        width = ((0, 0), (0, 0), (PAD, PAD), (PAD, PAD))
+        chw = (np.pad(chw, width, mode="reflect") if policy == "flip-crop-reflect"
+               else np.pad(chw, width, mode="constant"))
+    return chw
+
+
 class DeviceData:
     """A labelled image set as uint8 on the device, augmented (training only) and normalised per batch.
 
@@ -50,10 +62,14 @@ class DeviceData:
     """
 
     def __init__(self, images: ImageSet, device: torch.device, *, augment: bool | str = "none",
-                 normalize: str = "cifar", image_size: int = 0, train: bool = True) -> None:
+                 normalize: str = "cifar", image_size: int = 0, train: bool = True,
+                 layout: np.ndarray | None = None) -> None:
+        """`layout`: host_layout(images, augment, train=train), made before: on the CPU the
+        images are that array (no copy; never written), elsewhere copied from it."""
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation '{normalize}'")
-        chw = torch.from_numpy(np.ascontiguousarray(images.images.transpose(0, 3, 1, 2)))
+        chw = torch.from_numpy(np.ascontiguousarray(images.images.transpose(0, 3, 1, 2))
+                               if layout is None else layout)
         self.device = device
         self.policy = policy_name(augment)
         self.train = train
@@ -62,7 +78,10 @@ class DeviceData:
         self.labels = torch.from_numpy(images.labels.astype(np.int64)).to(device)
         self.count = len(images)
         self.padded = train and self.policy in PADDED
-        if self.padded and self.policy == "flip-crop-reflect":
+        if layout is not None:
+            if tuple(chw.shape[:2]) != (self.count, 3):
+                raise ValueError(f"a layout of {tuple(chw.shape)} for {self.count} images")
+        elif self.padded and self.policy == "flip-crop-reflect":
             chw = reflect_pad(chw, PAD)
         elif self.padded:
             chw = nn.functional.pad(chw, (PAD, PAD, PAD, PAD), mode="constant", value=0)

@@ -1,4 +1,8 @@
-"""A pool worker's data: the data set on the device once, each client's partition only as indices."""
+"""A pool worker's data: the data set on the device once, each client's partition only as indices.
+
+`preload` before the workers are forked (the simulation engine's host does) lets every worker use
+the one copy of the images in host memory, shared copy-on-write and never written.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcore.augment import DeviceData
+from fedcore.augment import DeviceData, host_layout, policy_name
 from fedcore.config import RunConfig
 from fedcore.models import build_model
 from fedcore.partition import parse_partition, partition_indices
@@ -49,6 +53,23 @@ class SharedData:
 
 
 _SHARED: dict[str, SharedData] = {}
+_LAYOUTS: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}  # key: layout_key
+
+
+def layout_key(cfg: RunConfig) -> tuple[object, ...]:
+    """What the images' host layout depends on: the split (fedcore.task.load_split's key) and
+    the augmentation's padding."""
+    return (cfg.dataset, cfg.data_dir, cfg.seed, cfg.limit_train, cfg.limit_test,
+            policy_name(cfg.augment))
+
+
+def preload(cfg: RunConfig) -> None:
+    """Load the data set and lay out its train and test images as the workers keep them, with
+    numpy alone (the caller forks afterwards)."""
+    split = load_split(cfg)
+    _LAYOUTS.clear()
+    _LAYOUTS[layout_key(cfg)] = (host_layout(split.train, cfg.augment, train=True),
+                                 host_layout(split.test, cfg.augment, train=False))
 
 
 def shared_data(cfg: RunConfig) -> SharedData:
@@ -60,10 +81,11 @@ def shared_data(cfg: RunConfig) -> SharedData:
         _SHARED.clear()
         device = pick_device()
         split = load_split(cfg)
+        train, test = _LAYOUTS.get(layout_key(cfg), (None, None))
         data = SharedData(
             key=key, device=device, model=prepare_model(build_model(cfg.model), device),
-            train=device_data(split.train, device, cfg, train=True),
-            test=device_data(split.test, device, cfg, train=False), partitions={})
+            train=device_data(split.train, device, cfg, train=True, layout=train),
+            test=device_data(split.test, device, cfg, train=False, layout=test), partitions={})
         _SHARED["worker"] = data
     return data
 

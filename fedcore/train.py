@@ -9,6 +9,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,10 +22,12 @@ from fedcore.device import pick_device, use_bf16  # noqa: F401 - pick_device: im
 ProgressFn = Callable[[int, int, int, int, "float | None"], None]
 
 
-def device_data(images: ImageSet, device: torch.device, cfg: RunConfig, *, train: bool) -> DeviceData:
-    """`images` on the device under the config's augmentation, normalisation and image size."""
+def device_data(images: ImageSet, device: torch.device, cfg: RunConfig, *, train: bool,
+                layout: np.ndarray | None = None) -> DeviceData:
+    """`images` on the device under the config's augmentation, normalisation and image size
+    (`layout`: their host_layout, made before; see DeviceData)."""
     return DeviceData(images, device, augment=cfg.augment, normalize=cfg.normalize,
-                      image_size=cfg.image_size, train=train)
+                      image_size=cfg.image_size, train=train, layout=layout)
 
 
 @dataclass(frozen=True)

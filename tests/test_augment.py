@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedcore.augment import DeviceData, reflect_pad
+from fedcore.augment import DeviceData, host_layout, reflect_pad
 from fedcore.catalog import AUGMENTS, NORMALIZATIONS
 from fedcore.data import ImageSet
 
@@ -82,3 +82,21 @@ def test_image_size_resizes_on_the_device_and_keeps_uint8_storage() -> None:
     assert data.images.dtype == torch.uint8 and data.images.shape[-1] == 32
     assert batch.shape == (2, 3, 224, 224)
     assert batch.min() >= -1 and batch.max() <= 1
+
+
+@pytest.mark.parametrize("policy", sorted(AUGMENTS))
+@pytest.mark.parametrize("train", [True, False])
+def test_a_host_layout_made_before_is_used_as_is_and_gives_the_same_batches(policy: str,
+                                                                            train: bool) -> None:
+    # Prepare: the layout a process makes before it forks its workers
+    layout = host_layout(images(), policy, train=train)
+
+    # Execute
+    shared = DeviceData(images(), CPU, augment=policy, normalize="unit", train=train, layout=layout)
+    own = DeviceData(images(), CPU, augment=policy, normalize="unit", train=train)
+
+    # Assert: the same pixels and batches; on the CPU the layout's own memory, not a copy
+    assert torch.equal(shared.images, own.images)
+    index = torch.arange(6)
+    assert torch.equal(shared.batch(index, generator(3)), own.batch(index, generator(3)))
+    assert shared.images.data_ptr() == layout.ctypes.data

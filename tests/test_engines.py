@@ -4,7 +4,7 @@ On the CPU in fp32, with every client sampled each round, a run on the simulatio
 simulation loop, fedlaunch's forked workers) and one on the Deployment Engine (a SuperLink, a
 SuperNode per client) train the same clients on the same batches and aggregate them in the same
 order: every round's metrics and the final weights agree exactly. And a simulation-engine worker
-SIGKILLed mid-task is replaced while the run goes on.
+SIGKILLed mid-task, or stopped (SIGSTOP) so that it hangs, is replaced while the run goes on.
 """
 
 from __future__ import annotations
@@ -86,5 +86,47 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_round_goes_on(tmp_path: Pa
     assert done[-1]["round"] == 4 and done[-1]["replies"] == 4, done
     log = (out / "logs" / "simulation.log").read_text()
     assert "died while it ran" in log and "restarting worker-" in log, log[-2000:]
+    status = json.loads((out / "pool.json").read_text())
+    assert len(status["workers"]) == 2 and victim not in [w["pid"] for w in status["workers"]]
+
+
+def first_worker(out: Path) -> tuple[str, int] | None:
+    """(name, pid) of the first worker pool.json lists, or None."""
+    status = json.loads((out / "pool.json").read_text())
+    return next(((w["name"], w["pid"]) for w in status["workers"]), None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_hung_worker_is_killed_after_the_round_timeout_and_replaced(tmp_path: Path) -> None:
+    # Prepare: 4 clients on 2 workers; a task takes about a second, the round timeout is 30 s
+    out = tmp_path / "run"
+    args = ["--clients", "4", "--workers", "2", "--rounds", "4", "--gpus", "cpu", "--headless",
+            "--engine", "simulation", "--dataset", "synthetic", "--model", "cnn",
+            "--limit-train", "2000", "--limit-test", "200", "--local-epochs", "2",
+            "--round-timeout", "30"]
+
+    with Run(args, out, cwd=tmp_path) as run:
+        run.wait_for_event("round_start", round=2, timeout=400)
+
+        # Execute: stop (SIGSTOP) a worker: alive, and the task it runs now or the next one it
+        # is given (idle workers take tasks in turn; rounds 2-4 have 12) is never answered
+        name, victim = wait_until(lambda: first_worker(out), 120, "a worker in pool.json")
+        os.kill(victim, signal.SIGSTOP)
+        code = run.wait(400)
+
+        # Assert: the run completes; the hung task failed once and is named, later rounds whole
+        assert code == 0, run.report()
+        run.assert_no_orphans()
+    tasks = [json.loads(line) for line in (out / "workers.jsonl").read_text().splitlines()]
+    hung = [t for t in tasks if str(t["status"]).startswith("timeout")]
+    assert [(t["worker"], t["status"]) for t in hung] == [(name, f"timeout: {name} hung")], tasks
+    assert hung[0]["sent"] - hung[0]["taken"] >= 30, hung
+    done = rounds(out)
+    assert sum(r["failures"] for r in done) == 1, done
+    assert done[-1]["round"] == 4 and done[-1]["replies"] == 4, done
+    log = (out / "logs" / "simulation.log").read_text()
+    assert f"{name} (pid {victim}) ran client-{hung[0]['client']}'s task for 30 s" in log, log[-2000:]
+    assert "killed as hung" in log and f"restarting {name}" in log, log[-2000:]
     status = json.loads((out / "pool.json").read_text())
     assert len(status["workers"]) == 2 and victim not in [w["pid"] for w in status["workers"]]

@@ -30,6 +30,20 @@ def test_a_closed_peer_is_closed_not_a_hang() -> None:
         simwire.recv_frame(theirs)
 
 
+def test_a_peer_that_neither_reads_nor_answers_times_out_at_the_deadline() -> None:
+    """A stopped worker fills the socket's buffer (send) or never answers (receive): both end at
+    the task's deadline with TimeoutError, and the socket is blocking again afterwards."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            simwire.send_frame(ours, {"op": "task"}, b"x" * 10_000_000, deadline=started + 0.3)
+        with pytest.raises(TimeoutError):
+            simwire.recv_frame(theirs, time.monotonic() + 0.3)
+        assert 0.5 <= time.monotonic() - started < 5
+        assert ours.gettimeout() is None and theirs.gettimeout() is None
+
+
 @pytest.mark.timeout(120)
 def test_flowers_simulation_loop_runs_the_installed_backend_and_keeps_each_nodes_state() -> None:
     """Flower's own run_simulation, 3 virtual nodes, 2 rounds, with an in-process backend installed

@@ -2,8 +2,9 @@
 loop, with K fedlaunch worker processes in place of Ray.
 
 `python -m launcher.shim.simhost --run-dir DIR --socket PATH --workers-json JSON` imports torch,
-Flower and fedcore once, forks the zygote that forks the K workers (launcher.shim.simworker: no
-thread has run and CUDA is untouched at that point), then runs Flower's public `run_simulation`
+Flower and fedcore once, loads the data set (numpy only: the ServerApp and every worker share its
+pages), forks the zygote that forks the K workers (launcher.shim.simworker: no thread has run
+and CUDA is untouched at that point), then runs Flower's public `run_simulation`
 with the run's ServerApp (its run config set from the run folder's config.json) and fedcore's
 ClientApp. Flower registers the N virtual nodes (partition-id 0..N-1), keeps each node's Context,
 and hands every ClientApp task to the backend this module installs (launcher.shim.simpool): no
@@ -50,6 +51,18 @@ def run_config_of(run_dir: Path) -> dict[str, Any]:
     return dict(from_mapping(saved, str(run_dir / "config.json")).to_run_config())
 
 
+def preload(run_config: dict[str, Any]) -> None:
+    """The data set, loaded here once with numpy alone: the ServerApp, the zygote and every
+    worker forked from it share its pages (fedcore.shared_data.preload)."""
+    from fedcore.config import from_run_config
+    from fedcore.shared_data import preload as preload_data
+
+    try:
+        preload_data(from_run_config(run_config))
+    except Exception as exc:  # noqa: BLE001 - the ServerApp loads it again and says what failed
+        print(f"fedlaunch: the data set was not loaded before the workers: {exc}", flush=True)
+
+
 class QuietDeprecation(logging.Filter):
     """`run_simulation` is Flower's public API for this; its deprecation notice is not the user's."""
 
@@ -71,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     import fedcore.client_app
     import fedcore.server_app
 
-    zygote_pid, zygote_fd = start_zygote()  # before any thread or torch operation
     run_config = run_config_of(run_dir)
+    preload(run_config)
+    zygote_pid, zygote_fd = start_zygote()  # before any thread or torch operation
     pool = Pool(run_dir, Path(args.socket), orders, zygote_fd, run_config, args.max_restarts,
                 int(run_config["clients"]))
 

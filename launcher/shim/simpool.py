@@ -5,14 +5,17 @@ a message for a virtual node, its Context, and calls the backend's `process_mess
 sends both, as Flower protobufs, to an idle worker process (launcher.shim.simworker) and waits for
 the reply and the updated Context, which Flower keeps per node. A worker that dies mid-task is
 replaced (up to --max-restarts each) and its task fails with one error reply, as Flower's own
-backends do; the round goes on. The pool writes workers.jsonl (one line per task) and pool.json
-(the live pool) in the run folder, like the Deployment Engine's client host.
+backends do; the round goes on. A worker that has not answered a task in --round-timeout seconds
+(the longest a round waits for any reply) is taken as hung: it is killed and goes the same way.
+The pool writes workers.jsonl (one line per task) and pool.json (the live pool) in the run folder,
+like the Deployment Engine's client host.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -27,6 +30,7 @@ from launcher.shim.simworker import order_worker
 
 STATUS_EVERY = 0.5
 READY_PATIENCE = 600.0  # a worker loading a large data set on a loaded machine
+ROUND_TIMEOUT = 600.0  # fedcore.config's default, for a run config without one
 
 
 class WorkerLost(RuntimeError):
@@ -67,6 +71,7 @@ class Pool:
         self.zygote_fd = zygote_fd
         self.run_config = run_config
         self.max_restarts = max_restarts
+        self.round_timeout = float(run_config.get("round-timeout", ROUND_TIMEOUT))
         self.restarts: dict[str, int] = {}
         self.listener = owner_only_listener(socket_path)
         self.idle: queue.Queue[SimWorker] = queue.Queue()
@@ -126,18 +131,25 @@ class Pool:
             time.sleep(0.05)
         print(f"fedlaunch: {self.size} workers ready", flush=True)
 
-    def lost(self, worker: SimWorker, task: dict[str, Any]) -> None:
-        """`worker` died with `task`: record it, and start its replacement if restarts are left."""
+    def lost(self, worker: SimWorker, task: dict[str, Any], hung: bool = False) -> None:
+        """`worker` died (or was killed as `hung`) with `task`: record it, and start its
+        replacement if restarts are left."""
         worker.sock.close()
         with self.lock:
             self.workers.pop(worker.name, None)
         self.changed.set()
-        record_task(self.run_dir, task, status=f"lost: {worker.name} died")
+        status = (f"timeout: {worker.name} hung" if hung else f"lost: {worker.name} died")
+        record_task(self.run_dir, task, status=status, sent=time.time())
         if self.stopping.is_set():
             return
         used = self.restarts.get(worker.name, 0)
-        print(f"fedlaunch: {worker.name} (pid {worker.pid}) died while it ran "
-              f"client-{task['client']}'s task; the task fails", flush=True)
+        if hung:
+            print(f"fedlaunch: {worker.name} (pid {worker.pid}) ran client-{task['client']}'s "
+                  f"task for {self.round_timeout:g} s (--round-timeout) without an answer: "
+                  f"killed as hung; the task fails", flush=True)
+        else:
+            print(f"fedlaunch: {worker.name} (pid {worker.pid}) died while it ran "
+                  f"client-{task['client']}'s task; the task fails", flush=True)
         if used >= self.max_restarts:
             print(f"fedlaunch: {worker.name} will not be restarted ({used} restarts used)",
                   flush=True)
@@ -180,10 +192,18 @@ class Pool:
         worker.state = "training" if kind == "train" else "evaluating"
         worker.client, worker.since = client, time.time()
         self.changed.set()
+        deadline = time.monotonic() + self.round_timeout  # a hung worker: killed at it
         try:
             simwire.send_frame(worker.sock, {"op": "task", "client": client,
-                                             **simwire.context_header(context)}, *packed)
-            header, parts = simwire.recv_frame(worker.sock)
+                                             **simwire.context_header(context)}, *packed,
+                               deadline=deadline)
+            header, parts = simwire.recv_frame(worker.sock, deadline)
+        except TimeoutError as exc:
+            self.busy[client] = False
+            kill(worker.pid)
+            self.lost(worker, task, hung=True)
+            raise WorkerLost(f"{worker.name} hung on client-{client}'s task: killed after "
+                             f"{self.round_timeout:g} s") from exc
         except (simwire.Closed, OSError) as exc:
             self.busy[client] = False
             self.lost(worker, task)
@@ -271,6 +291,14 @@ class Pool:
         except OSError:
             pass
         self.socket_path.unlink(missing_ok=True)
+
+
+def kill(pid: int) -> None:
+    """SIGKILL a worker (a stopped one too); it may have died on its own meanwhile."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class PoolBackend:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 from typing import Any
 
 from launcher.shim import flwr_internals as fi
@@ -24,19 +25,31 @@ class Closed(ConnectionError):
     """The peer closed the socket (or died)."""
 
 
-def send_frame(sock: socket.socket, header: dict[str, Any], *parts: bytes) -> None:
+def send_frame(sock: socket.socket, header: dict[str, Any], *parts: bytes,
+               deadline: float | None = None) -> None:
+    """Send one frame; TimeoutError when the peer has not taken it all by `deadline` (a peer
+    that does not read fills the socket's buffer)."""
     blobs = [json.dumps(header, separators=(",", ":")).encode(), *parts]
     chunks = [COUNT.pack(len(blobs))]
     for blob in blobs:
         chunks.append(LENGTH.pack(len(blob)))
         chunks.append(blob)
-    sock.sendall(b"".join(chunks))
+    if deadline is None:
+        sock.sendall(b"".join(chunks))
+        return
+    sock.settimeout(max(1e-3, deadline - time.monotonic()))  # for the whole of sendall
+    try:
+        sock.sendall(b"".join(chunks))
+    finally:
+        sock.settimeout(None)
 
 
-def _exactly(sock: socket.socket, size: int) -> bytes:
+def _exactly(sock: socket.socket, size: int, deadline: float | None = None) -> bytes:
     view = bytearray(size)
     got = 0
     while got < size:
+        if deadline is not None:  # TimeoutError (an OSError) once the deadline has passed
+            sock.settimeout(max(1e-3, deadline - time.monotonic()))
         n = sock.recv_into(memoryview(view)[got:], size - got)
         if n == 0:
             raise Closed("peer closed the connection")
@@ -44,15 +57,21 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(view)
 
 
-def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
-    """The next frame's header and parts; Closed when the peer is gone."""
-    (count,) = COUNT.unpack(_exactly(sock, COUNT.size))
-    if not 1 <= count <= MAX_PARTS:
-        raise Closed(f"a frame of {count} parts: not this wire")
-    blobs = []
-    for _ in range(count):
-        (size,) = LENGTH.unpack(_exactly(sock, LENGTH.size))
-        blobs.append(_exactly(sock, size))
+def recv_frame(sock: socket.socket,
+               deadline: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+    """The next frame's header and parts; Closed when the peer is gone, TimeoutError when the
+    whole frame has not come by `deadline` (time.monotonic())."""
+    try:
+        (count,) = COUNT.unpack(_exactly(sock, COUNT.size, deadline))
+        if not 1 <= count <= MAX_PARTS:
+            raise Closed(f"a frame of {count} parts: not this wire")
+        blobs = []
+        for _ in range(count):
+            (size,) = LENGTH.unpack(_exactly(sock, LENGTH.size, deadline))
+            blobs.append(_exactly(sock, size, deadline))
+    finally:
+        if deadline is not None:
+            sock.settimeout(None)
     header = json.loads(blobs[0])
     if not isinstance(header, dict):
         raise Closed("a frame header that is not a JSON object")

@@ -8,8 +8,8 @@ torch work (such forks hang) or holds a CUDA context (which a child cannot use).
 
 A worker takes its environment from the host's order (CUDA_VISIBLE_DEVICES by GPU UUID, thread
 counts), connects to the host's Unix socket, and runs fedcore's ClientApp for each (Message,
-Context) it is sent (launcher.shim.simwire), with the run's own run config, loading the data set once and
-each client's partition by index (fedcore.shared_data).
+Context) it is sent (launcher.shim.simwire), with the run's own run config, on the data set the host
+loaded before the fork (fedcore.shared_data.preload) and each client's partition by index.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def worker(order: dict[str, Any]) -> int:
     sock = connect(str(order["socket"]))
     simwire.send_frame(sock, {"op": "hello", "name": name, "pid": os.getpid(),
                               "gpu": str(order["gpu"])})
-    print(f"fedlaunch: {name} pid {os.getpid()} ready", flush=True)
+    print(f"fedlaunch: {name} pid {os.getpid()} ready ({torch.get_num_threads()} torch "
+          f"thread(s), {torch.get_num_interop_threads()} inter-op)", flush=True)
     while True:
         try:
             header, parts = simwire.recv_frame(sock)

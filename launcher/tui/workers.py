@@ -69,8 +69,9 @@ def clients_summary(state: RunState) -> Text:
         text.append(", " if i else "")
         text.append(f"{count} {name}", style=STATE_STYLE.get(name, ""))
     current = state.current_round
-    if current:
-        sampled = sorted(row.client for row in rows if row.round == current)
+    queued = set(state.pool.queued) if state.pool is not None else set()
+    if current:  # a queued client has not written this round yet (simulation: never ran at all)
+        sampled = sorted({row.client for row in rows if row.round == current} | queued)
         text.append(f"  |  round {current} sampled ({len(sampled)}): ", style="bold")
         text.append(ids_text(sampled) or "-")
     if state.pool is not None and state.pool.queued:
