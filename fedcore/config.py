@@ -63,6 +63,7 @@ class RunConfig:
     seed: int = 0
     precision: str = "auto"
     round_timeout: float = 600.0
+    startup_timeout: float = 300.0
     out_dir: str = ""
     progress_dir: str = ""
 
@@ -159,6 +160,7 @@ MOST: dict[str, int | float] = {
     "momentum": 1.0,
     "weight-decay": 1.0,
     "round-timeout": 7 * 24 * 3600.0,  # a week
+    "startup-timeout": 7 * 24 * 3600.0,
 }
 
 
@@ -194,6 +196,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--fraction-train must be in (0, 1], got {cfg.fraction_train}")
     if cfg.round_timeout <= 0:
         raise UsageError(f"--round-timeout must be greater than 0 seconds, got {cfg.round_timeout}")
+    if cfg.startup_timeout <= 0:
+        raise UsageError(f"--startup-timeout must be greater than 0 seconds, got {cfg.startup_timeout}")
     choices = {
         "optimizer": (cfg.optimizer, OPTIMIZERS),
         "precision": (cfg.precision, PRECISIONS),

@@ -25,6 +25,8 @@ DEPARTED = "departed-nodes.txt"  # `ID` a client died (the server stops waiting)
 # The line a process that cannot write the run folder prints before it fails; the launcher
 # makes it the run's one-line reason.
 RUN_FOLDER_FAILED = "cannot write the run folder: "
+# The ServerApp's line when no client connected by --startup-timeout (fedcore.server_app).
+NO_CLIENTS = "fedlaunch: no client connected within"
 
 
 def failed_in_folder(exc: OSError, folder: Path) -> tuple[Path, str] | None:

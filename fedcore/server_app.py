@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from logging import INFO, WARNING
@@ -21,7 +22,7 @@ from fedcore.flwr_tuning import fast_object_pulls
 from fedcore.models import initial_model
 from fedcore.partition import parse_partition, partition_indices, partition_stats
 from fedcore.replies import Rejected, check_replies, not_finite
-from fedcore.rundir import DEPARTED, RunDir, run_folder_failure, summarize
+from fedcore.rundir import DEPARTED, NO_CLIENTS, RunDir, run_folder_failure, summarize
 from fedcore.strategies import make_strategy
 from fedcore.task import load_split
 from fedcore.train import DeviceData, device_data, evaluate, pick_device, prepare_model, scheduled_lr
@@ -86,10 +87,11 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         model=cfg.model, dataset=cfg.dataset, partition=cfg.partition, clients=cfg.clients,
         train_size=len(split.train), test_size=len(split.test), device=str(device),
     )
-    wait_for_nodes(grid, cfg.clients, cfg.round_timeout, run)
+    wait_for_nodes(grid, cfg.clients, cfg.startup_timeout, run)
 
     departed = run.path / DEPARTED
     trained: Trained | None = None  # the last round, aggregated; its evaluation still to do
+    heard: set[int] = set()  # nodes that have replied in this run: started up, warm
     for server_round in range(first_round, cfg.rounds + 1):
         round_started = time.time()
         run.append_metric("round_start", round=server_round, total=cfg.rounds)
@@ -109,7 +111,10 @@ def run_federated(grid: Grid, cfg: RunConfig, run: RunDir) -> None:
         if trained is not None:  # evaluated while the clients train this round
             best, train_images = finish(trained, round_started, model, test, cfg, run, best,
                                         train_images)
-        replies = collect(grid, pending, cfg.round_timeout, departed)
+        heard -= departed_nodes(departed)  # a restarted client starts up again
+        replies = collect(grid, pending, cfg.round_timeout, departed,
+                          starting=set(pending.values()) - heard, startup=cfg.startup_timeout)
+        heard.update(int(m.metadata.src_node_id) for m in replies)
         collected = time.time()
         for failed in (m for m in replies if m.has_error()):
             log(WARNING, "round %d: a client failed: %s", server_round, failed.error.reason)
@@ -208,15 +213,20 @@ def finish(t: Trained, next_started: float | None, model: torch.nn.Module, test:
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float, run: RunDir) -> None:
-    """Wait until `expected` SuperNodes are connected, or go on with those there at `timeout`.
+    """Wait until `expected` SuperNodes are connected; at `timeout` (--startup-timeout) go on with
+    those there, or, when none came, stop the run with NO_CLIENTS's one line.
 
     Each change in who is connected is a `nodes` line in metrics.jsonl, so the launcher can show
     every node, on this machine or another.
     """
     deadline = time.monotonic() + timeout
-    seen: list[int] = []
+    seen: list[int] | None = None
     while len(nodes := sorted(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline and nodes:
+        if time.monotonic() > deadline:
+            if not nodes:
+                line = f"{NO_CLIENTS} {timeout:.0f} s (--startup-timeout) of {expected} expected"
+                print(line, file=sys.stderr, flush=True)  # the launcher's reason for the failure
+                raise RuntimeError(line)
             log(WARNING, "going on with %d of %d clients connected", len(nodes), expected)
             break
         if nodes != seen:
@@ -248,18 +258,26 @@ def push(grid: Grid, messages: list[Message]) -> dict[str, int]:
     return {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid}
 
 
-def collect(grid: Grid, pending: dict[str, int], timeout: float,
-            departed: Path | None = None) -> list[Message]:
-    """Pull each reply to the `pending` messages as soon as it lands, until all are in or `timeout`.
+def collect(grid: Grid, pending: dict[str, int], timeout: float, departed: Path | None = None,
+            starting: Collection[int] = (), startup: float = 0.0) -> list[Message]:
+    """Pull each reply to the `pending` messages as soon as it lands, until all are in or past
+    their deadline: `timeout` (--round-timeout) after now, or, for a node in `starting` (not
+    heard from yet in this run: its first task waits on its start-up, torch and the data),
+    `startup` (--startup-timeout) when that is longer. A reply stored by the deadline is taken:
+    the last pull comes after it, however late this process got the CPU.
 
     Node ids listed in `departed` (the launcher writes those of clients that died) are not
     waited for: their replies will never come.
     """
     pending = dict(pending)
     replies: list[Message] = []
-    deadline = time.monotonic() + timeout
+    allowed = {mid: max(timeout, startup) if node in starting else timeout
+               for mid, node in pending.items()}
+    started = time.monotonic()
+    due = {mid: started + seconds for mid, seconds in allowed.items()}
     delay = POLL_START
-    while pending and time.monotonic() < deadline:
+    while pending:
+        pulled = time.monotonic()  # a reply stored before this is in what the pull returns
         got = list(grid.pull_messages(list(pending)))
         replies.extend(got)
         for reply in got:
@@ -269,11 +287,15 @@ def collect(grid: Grid, pending: dict[str, int], timeout: float,
             log(WARNING, "not waiting for %d client(s) that left: node %s", len(gone),
                 ", ".join(map(str, sorted(gone))))
             pending = {mid: node for mid, node in pending.items() if node not in gone}
+        if late := [mid for mid in pending if pulled >= due[mid]]:
+            log(WARNING, "round timeout: %d client(s) did not reply in %.0f s", len(late),
+                max(allowed[mid] for mid in late))
+            for mid in late:
+                del pending[mid]
         delay = POLL_START if got else min(POLL_MAX, delay * 1.5)
         if pending:
-            time.sleep(delay)
-    if pending:
-        log(WARNING, "round timeout: %d client(s) did not reply in %.0f s", len(pending), timeout)
+            next_due = min(due[mid] for mid in pending) - time.monotonic()
+            time.sleep(max(0.0, min(delay, next_due)))
     return replies
 
 

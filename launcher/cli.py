@@ -81,6 +81,8 @@ CONFIG_FLAGS: dict[str, str] = {
     "seed": "seed for partitioning, shuffling and augmentation",
     "precision": f"{', '.join(PRECISIONS)} (auto: bf16 on CUDA, fp32 on CPU)",
     "round-timeout": "seconds a round waits for replies",
+    "startup-timeout": "seconds the run waits for its clients to connect, and for each client's "
+                       "first reply (its start-up: torch, the data), at least --round-timeout",
 }
 
 

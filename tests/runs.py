@@ -434,7 +434,8 @@ class Processes:
             proc.wait(10)
 
 
-def wait_for_port(port: int, timeout: float = 60, abort: Callable[[], str | None] | None = None) -> None:
+def wait_for_port(port: int, timeout: float = 60, abort: Callable[[], str | None] | None = None,
+                  detail: Callable[[], str] | None = None) -> None:
     """Wait until something accepts TCP connections on 127.0.0.1:port."""
     import socket
 
@@ -442,7 +443,8 @@ def wait_for_port(port: int, timeout: float = 60, abort: Callable[[], str | None
         with socket.socket() as sock:
             sock.settimeout(0.5)
             return sock.connect_ex(("127.0.0.1", port)) == 0
-    wait_until(accepts, timeout, f"127.0.0.1:{port} to accept connections", abort=abort)
+    wait_until(accepts, timeout, f"127.0.0.1:{port} to accept connections", abort=abort,
+               detail=detail)
 
 
 def free_port() -> int:

@@ -80,6 +80,28 @@ def test_federated_run_completes_and_leaves_nothing_running(tmp_path: Path, engi
     assert '"num_clients": 3' in partitions
 
 
+@pytest.mark.timeout(180)
+def test_round_1_waits_out_the_clients_start_up_not_the_round_timeout(tmp_path: Path) -> None:
+    """A --round-timeout shorter than the clients' start-up: each SuperNode signs in while its
+    warm executor still imports torch, and the first task loads the app and the data. Round 1
+    waits for a node's first reply until --startup-timeout, so no reply of it is lost."""
+    # Prepare
+    out = tmp_path / "run"
+    args = ["--clients", "2", "--rounds", "1", *SMALL, "--gpus", "cpu", "--headless",
+            "--engine", "deployment", "--round-timeout", "1"]
+
+    # Execute
+    with Run(args, out, cwd=tmp_path) as run:
+        code = run.wait(150)
+
+        # Assert
+        assert code == 0, run.report()
+        run.assert_no_orphans()
+    assert_round_records(rounds(out), [1], replies=2)
+    server = (out / "logs" / "server.log").read_text()
+    assert "round timeout" not in server, server[-3000:]
+
+
 @pytest.mark.timeout(120)
 def test_local_baseline_runs_its_epochs(tmp_path: Path) -> None:
     # Prepare

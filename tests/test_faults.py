@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.planning.plan import node_id_file
 from tests.runs import (
     SMALL,
     Run,
@@ -37,9 +38,9 @@ pytestmark = pytest.mark.e2e
 ARGS = ["--clients", "2", *SMALL, "--gpus", "cpu", "--headless", "--round-timeout", "20",
         "--engine", "deployment"]
 MANY = 30  # rounds for runs that are stopped long before their end
-# Rounds of a run that loses a client: enough for the restarted client (several seconds to start)
-# to be back before the end, even when rounds no longer wait for the dead one.
-RECOVER = 14
+# Rounds of a run that loses a client; the test holds the ServerApp until the restarted client
+# is back (hold_rounds_until_back), so several rounds remain for it however slow its restart.
+RECOVER = 6
 
 
 def federated(folder: Path, rounds_: int, engine: str = "deployment") -> Run:
@@ -67,6 +68,37 @@ def assert_folder_says(run: Run, reason: str) -> None:
 def failure_line(run: Run) -> str:
     """fedlaunch's `run failed: NAME died` line (empty when there is none)."""
     return next((line for line in run.stdout.splitlines() if "fedlaunch: run failed" in line), "")
+
+
+def hold_rounds_until_back(run: Run, client: int, died: float) -> None:
+    """Suspend the ServerApp until `client`'s restart has signed in (its SuperNode rewrote its
+    node id file after `died`), then resume it: rounds go on without a dead client, and on a
+    loaded machine they could all pass before its restart is back. The SuperLink gives a silent
+    ServerApp at least 36 s (its task token lives two 30 s heartbeats from the last one, sent
+    every 24 s), so the hold ends by 30 s; a restart took 8 s under a one-core hog."""
+    serverapp = run.wait_for_role("serverapp")
+    serverapp.suspend()
+    try:
+        node_file = node_id_file(run.out, client)
+        wait_until(lambda: node_file.exists() and node_file.stat().st_mtime > died, 30,
+                   f"client-{client}'s restart to sign in", abort=run.exited)
+    finally:
+        serverapp.resume()
+
+
+def round_timeouts(run: Run) -> list[str]:
+    """The ServerApp's `round timeout` warnings: a round that waited out --round-timeout."""
+    return [line for line in run.log("serverapp").splitlines() if "round timeout" in line]
+
+
+def kill_and_hold(role: str) -> Callable[[Run], None]:
+    """SIGKILL the process of `role` (of client 1), then hold the rounds until it is back."""
+    def fault(run: Run) -> None:
+        victim = run.wait_for_role(role)
+        died = time.time()
+        victim.kill()
+        hold_rounds_until_back(run, 1, died)
+    return fault
 
 
 @dataclass
@@ -106,9 +138,9 @@ def fault_run(folder: Path, after: tuple[str, int], fault: Callable[[Run], None]
 
 @pytest.fixture(scope="module")
 def supernode_killed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
-    """SIGKILL of client-1's Flower SuperNode as round 1 starts."""
-    yield from fault_run(tmp_path_factory.mktemp("supernode-killed"), ("round_start", 1),
-                         lambda run: run.wait_for_role("supernode-1").kill(), 170, rounds_=RECOVER)
+    """SIGKILL of client-1's Flower SuperNode once round 1's messages are out."""
+    yield from fault_run(tmp_path_factory.mktemp("supernode-killed"), ("sent", 1),
+                         kill_and_hold("supernode-1"), 170, rounds_=RECOVER)
 
 
 @pytest.mark.timeout(240)
@@ -129,9 +161,11 @@ def test_a_killed_supernode_is_restarted_and_the_run_completes(supernode_killed:
 @pytest.mark.timeout(240)
 def test_a_supernode_killed_in_round_1_costs_no_round_timeout(supernode_killed: Outcome) -> None:
     """Its SuperNode recorded its node id when it registered, before any task reached it, so
-    the launcher names it in departed-nodes.txt and round 1 stops waiting for it at once."""
-    waited = [r["seconds"] for r in rounds(supernode_killed.run.out)]
-    assert waited and max(waited) < 20, f"round seconds {waited} (--round-timeout 20)"
+    the launcher names it in departed-nodes.txt and round 1 stops waiting for it at once. (Round
+    seconds are no measure here: the test held the ServerApp, and a client's first round waits
+    on its start-up.)"""
+    run = supernode_killed.run
+    assert rounds(run.out) and not round_timeouts(run), round_timeouts(run)
 
 
 # --- the process fedlaunch supervises for a client killed (the warm executor) -------------------
@@ -141,11 +175,10 @@ def test_a_killed_client_process_is_restarted_and_leaves_no_orphan(tmp_path: Pat
     """SIGKILL of client-1's supervised process (the executor, with its SuperNode under it) in
     round 2: its node id is known by then, so the round stops waiting for it at once."""
     with federated(tmp_path, RECOVER) as run:
-        run.wait_for_event("round_start", round=2)
-        client = run.wait_for_role("client-1")
+        run.wait_for_event("sent", round=2)
         node = run.wait_for_role("supernode-1")
 
-        client.kill()
+        kill_and_hold("client-1")(run)
 
         assert run.wait(170) == 0, run.report()
         run.assert_no_orphans()
@@ -153,8 +186,7 @@ def test_a_killed_client_process_is_restarted_and_leaves_no_orphan(tmp_path: Pat
     assert_round_records(rounds(run.out), range(1, RECOVER + 1))
     replies = [r["replies"] for r in rounds(run.out)]
     assert replies[0] == 2 and replies[-1] == 2, rounds(run.out)
-    waited = [r["seconds"] for r in rounds(run.out)]
-    assert max(waited) < 20, f"a round waited out --round-timeout 20: {waited}"
+    assert not round_timeouts(run), round_timeouts(run)
     assert read_summary(run.out)["restarts"] == {"client-1": 1}
     assert "client-1 exited with code" in run.stdout and "restarting it" in run.stdout
 

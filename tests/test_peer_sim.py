@@ -6,7 +6,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +15,7 @@ import pytest
 from fedcore.config import RunConfig, from_run_config
 from fedcore.rundir import RunDir
 from launcher.planning.plan import run_config_toml
+from tests.runs import wait_until
 
 PARTS = Path(__file__).resolve().parents[1] / "bench" / "peer_sim_parts.py"
 
@@ -109,10 +109,8 @@ def test_process_set_finds_a_real_detached_daemon_and_stops_it(
     root = subprocess.Popen([sys.executable, "-c", code], env=env)
     spawned.append(root)
     procs = parts.ProcessSet(root.pid, "FEDLAUNCH_PEER_SIM_RUN=run-1")
-    deadline = time.monotonic() + 60
-    while not (pids.exists() and pids.read_text()):
-        assert time.monotonic() < deadline, "the root did not start its processes"
-        time.sleep(0.05)
+    wait_until(lambda: pids.exists() and pids.read_text(), 60, "the root to start its processes",
+               interval=0.05)
     child, daemon = map(int, pids.read_text().split())
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     spawned.append(stranger)

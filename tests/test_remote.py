@@ -48,7 +48,7 @@ from launcher.planning.pool import WorkerChoice
 from launcher.supervision.follow import RunFollower
 from launcher.supervision.hints import explain_failure
 from launcher.tui.state import RunState
-from tests.runs import read_metrics, rounds, run_cli, wait_until
+from tests.runs import read_metrics, role_of, rounds, run_cli, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = RunConfig(dataset="synthetic", model="cnn", limit_train=600, limit_test=200, clients=2,
@@ -778,17 +778,27 @@ def test_serve_and_join_across_network_namespaces(tmp_path: Path,
                          "address": address, "ca": str(ca_copy), "keys": str(machine_b / "keys")},
                 ("ip", "netns", "exec", ns_b))
     try:
-        # Execute: probe from B once round 1 is in, while the run goes on
+        # Execute: probe from B once round 1 is in, with the rounds held meanwhile (the ServerApp
+        # suspended): six rounds take seconds, the probe's two `flwr` commands longer on a busy
+        # machine, and the served address must still be up for its last call
         wait_for(lambda: len(replies(serve_dir)) >= 1, 400, serve)
         link = tomllib.loads((serve_dir / "flwr" / "submit" / "config.toml").read_text())
         link_port = int(link["superlink"]["fedlaunch"]["address"].rsplit(":", 1)[1])
-        probe = subprocess.run(
-            ["ip", "netns", "exec", ns_b, sys.executable, __file__, "probe", json.dumps({
-                "address": address, "link": f"{host_a}:{link_port}", "ca": str(ca_copy),
-                "home": str(machine_b / "stranger-flwr"), "app": str(machine_b / "app"),
-                "key": str(machine_b / "stranger" / "node-0.pub")})],
-            capture_output=True, text=True, timeout=240,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        serverapp = wait_until(lambda: next((p for p in psutil.Process(serve.proc.pid).children(
+            recursive=True) if role_of(p) == "serverapp"), None), 30, "the served ServerApp")
+        serverapp.suspend()
+        held = time.monotonic()
+        try:
+            probe = subprocess.run(
+                ["ip", "netns", "exec", ns_b, sys.executable, __file__, "probe", json.dumps({
+                    "address": address, "link": f"{host_a}:{link_port}", "ca": str(ca_copy),
+                    "home": str(machine_b / "stranger-flwr"), "app": str(machine_b / "app"),
+                    "key": str(machine_b / "stranger" / "node-0.pub")})],
+                capture_output=True, text=True, timeout=240,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        finally:
+            serverapp.resume()
+        print(f"\nthe probe held the rounds for {time.monotonic() - held:.1f} s")
         served = serve.finish(400)
         left = join.stop()
     finally:

@@ -12,7 +12,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ import pytest
 
 from launcher.network.runtime_secret import secret_path, write_secret
 from launcher.planning.plan import FLWR_ENV, bin_path
+from tests.runs import wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,15 +67,11 @@ def acquire_unsigned(port: int, guess: bytes | None = None) -> int:
 
 
 def wait_port(port: int, procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"port {port} did not open: " + " | ".join(
-        p.read_text()[-1500:] for p in logs.glob("*.log")))
+    def tails() -> str:
+        return " | ".join(log.read_text()[-1500:] for log in logs.glob("*.log"))
+
+    wait_for_port(port, 90, detail=tails, abort=lambda: next(
+        (f"a process exited with {p.returncode}" for p in procs if p.poll() is not None), None))
 
 
 @pytest.mark.e2e

@@ -11,6 +11,7 @@ import pytest
 
 from launcher.shim import supernode
 from launcher.shim.supernode import FIRST_IDLE_WAIT, IDLE_WAIT, SHORT_WAIT, PromptTime
+from tests.runs import wait_until
 
 
 class Clock:
@@ -262,9 +263,7 @@ def test_the_supernode_runtime_api_answers_with_inlined_dependencies(
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: server.started, 20, "the runtime API server to start", interval=0.05)
 
     def client(component: str, token: str | None = None) -> object:
         interceptors = [fi.RuntimeVersionHttpInterceptor(component_name=component)]

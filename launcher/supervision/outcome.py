@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from fedcore.rundir import RUN_FOLDER_FAILED, RunDir, failed_in_folder, summarize
+from fedcore.rundir import NO_CLIENTS, RUN_FOLDER_FAILED, RunDir, failed_in_folder, summarize
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGHUP = 128 + signal.SIGHUP  # 129: the terminal or SSH session went away
@@ -44,10 +44,10 @@ REFUSED_RUN = "fedlaunch: the ServerApp refused run "  # launcher.shim.serverhos
 
 
 def serverapp_folder_failure(name: str, tail: tuple[str, ...]) -> RunFailed | None:
-    """The ServerApp's own line saying which file of the run folder it could not write, or which
-    run, submitted by someone else, it refused to run."""
+    """The ServerApp's own line saying which file of the run folder it could not write, that no
+    client connected, or which run, submitted by someone else, it refused to run."""
     for line in reversed(tail):
-        if line.startswith(SERVERAPP_LINE):
+        if line.startswith((SERVERAPP_LINE, NO_CLIENTS)):
             return RunFailed(name, f"(the ServerApp) {line.removeprefix('fedlaunch: ')}")
         if line.startswith(REFUSED_RUN):
             return RunFailed(name, f"(the ServerApp) refused run {line.removeprefix(REFUSED_RUN)}; "
