@@ -210,11 +210,12 @@ def test_a_gib_body_gets_413_and_the_superlink_stays_flat(tmp_path: Path) -> Non
 
 class Flood:
     """Up to `count` idle connections from 127.0.0.2 to the gateway, reopened as it closes them,
-    until stopped (or `limit_s`); counts how many it had to reopen."""
+    until stopped (or `limit_s`); counts how many it opened and how many it had to reopen."""
 
     def __init__(self, port: int, count: int, limit_s: float) -> None:
         self.port, self.count, self.limit_s = port, count, limit_s
         self.reopened = 0
+        self.opened = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -225,6 +226,7 @@ class Flood:
             sock.bind(("127.0.0.2", 0))
             sock.connect(("127.0.0.1", self.port))
             sock.setblocking(False)
+            self.opened += 1
             return sock
         except OSError:
             sock.close()
@@ -248,8 +250,8 @@ class Flood:
                 else:
                     alive.append(sock)
             socks = alive
-            while len(socks) < self.count and (sock := self._open()) is not None:
-                socks.append(sock)
+            while len(socks) < self.count and (opened := self._open()) is not None:
+                socks.append(opened)
             time.sleep(0.5)
         for sock in socks:
             sock.close()
@@ -259,13 +261,41 @@ class Flood:
         self.thread.join(10)
 
 
+GATEWAY_FDS = 96  # the gateway's RLIMIT_NOFILE in the flood test: far fewer than the flood
+
+
+def lower_gateway_fds(serve_pid: int, limit: int) -> int:
+    """Set the serve role's gateway's RLIMIT_NOFILE to `limit` (as `prlimit` does); its open fds."""
+    gateways = [p for p in psutil.Process(serve_pid).children(recursive=True)
+                if "launcher.network.gateway" in p.cmdline()]
+    assert len(gateways) == 1, gateways
+    gateways[0].rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+    return int(gateways[0].num_fds())
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def gave_up(role: Any) -> str | None:
+    """Why a role ended before the run it joined did (its exit code), or None while it runs."""
+    code = role.proc.poll()
+    return None if code in (None, 0) else f"{role.name} exited with code {code}"
+
+
 @pytest.mark.e2e
-@pytest.mark.slow  # a served run and a joined client: about a minute on two busy cores
+@pytest.mark.slow  # a served run, a joined client and a flood: 15-80 s on two busy cores
 @pytest.mark.timeout(420)
 def test_a_flood_of_idle_connections_does_not_stop_a_joined_client(tmp_path: Path) -> None:
+    from tests.runs import wait_until
     from tests.test_remote import Role, free_port, rounds_of
 
-    # Prepare: a served run of 1 round for 1 remote client; 300 idle connections at its gateway
+    # Prepare: a served run of 1 round for 1 remote client whose gateway may hold only 96 file
+    # descriptors (so that, uncapped, the flood would take them all); 300 idle connections at it
     port = free_port()
     address = f"127.0.0.1:{port}"
     limits = {"max_connections": 64, "request_timeout": 5.0}  # 16 per address
@@ -274,20 +304,18 @@ def test_a_flood_of_idle_connections_does_not_stop_a_joined_client(tmp_path: Pat
     join: Role | None = None
     flood: Flood | None = None
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_until(lambda: answers(port), 120, "the gateway", interval=0.5)
+        open_fds = lower_gateway_fds(serve.proc.pid, GATEWAY_FDS)
+        assert open_fds + 16 + 16 < GATEWAY_FDS, open_fds  # the capped flood and a client fit
         flood = Flood(port, 300, limit_s=240)
-        time.sleep(2)
+        wait_until(lambda: flood is not None and flood.opened >= GATEWAY_FDS, 60, "the flood")
 
         # Execute: a real client joins through the flooded gateway
         join = Role("join", {"run_dir": str(tmp_path / "join"), "clients": 1, "ids": [0, 1],
                              "address": address, "insecure": True})
-        served = serve.finish(300)
+        wait_until(lambda: serve.proc.poll() is not None, 300, "the served round",
+                   abort=lambda: gave_up(join), detail=lambda: join.out.read_text()[-2000:])
+        served = serve.finish(30)
     finally:
         if flood is not None:
             flood.stop()
