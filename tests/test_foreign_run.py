@@ -1,6 +1,6 @@
 """The warm ServerApp runs only the run its own launch submitted: a run submitted first through
 the loopback Control API, by this user without the launch's key or by another local user, is
-refused and named (issue 21, item 3)."""
+refused and named; one submitted during the launch is never run (issue 21, item 3)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import pytest
 
 from fedcore.config import RunConfig
 from launcher.planning.bundle import make_app, write_flwr_config
-from tests.runs import BIN, FLWR_ENV, SMALL, Run, child_env, processes_mentioning, wait_until
+from tests.runs import BIN, FLWR_ENV, SMALL, Run, child_env, processes_mentioning, rounds, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -162,3 +162,32 @@ def test_a_run_submitted_first_by_someone_else_is_refused_and_named(
                    if p.lstat().st_uid != submitter.user.pw_uid]
         assert foreign == []
     assert not any((out / name).exists() for name in ("partitions.json", "checkpoints"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("submitter", ["another local user"], indirect=True)
+def test_a_run_submitted_by_someone_else_during_the_launch_is_never_run(
+        tmp_path: Path, submitter: Submitter) -> None:
+    # Prepare: a run of 2 rounds whose ServerApp has claimed its own run (round 1 started)
+    out = tmp_path / "run"
+    with Run(["--engine", "deployment", "--clients", "2", "--rounds", "2", *SMALL, "--gpus", "cpu",
+              "--headless"], out, cwd=tmp_path) as run:
+        run.wait_for_event("round_start", round=1, timeout=180)
+        address = tomllib.loads((out / "flwr" / "submit" / "config.toml").read_text())[
+            "superlink"]["fedlaunch"]["address"]
+
+        # Execute: the stranger submits its own app through the loopback Control API
+        submitted = submitter.submit(address, out / "flwr" / "submit")
+        code = run.wait(180)
+        run.assert_no_orphans()
+
+    # Assert: the launch's own run completed; the stranger's was taken but never run
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert code == 0, run.report()
+    assert [r["round"] for r in rounds(out)] == [1, 2]
+    assert "refused run" not in run.stdout
+    assert not submitter.elsewhere.exists()
+    assert submitter.user is not None
+    assert [p for p in (submitter.home, *submitter.home.rglob("*"))
+            if p.lstat().st_uid != submitter.user.pw_uid] == []
