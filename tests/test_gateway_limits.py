@@ -299,7 +299,7 @@ def gave_up(role: Any) -> str | None:
 
 
 @pytest.mark.e2e
-@pytest.mark.slow  # a served run, a joined client and a flood: about 20 s
+@pytest.mark.slow  # a served run, a joined client and a flood: 30-40 s
 @pytest.mark.timeout(420)
 def test_a_flood_of_idle_connections_does_not_stop_a_joined_client(tmp_path: Path) -> None:
     from tests.runs import wait_until
