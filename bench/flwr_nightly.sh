@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Does fedlaunch still run on the next Flower? The newest flwr-nightly in a scratch venv: the
-# internals test, then a 2-round run (2 clients, synthetic data, the tutorial CNN) on the CPU.
+# internals tests (the named internals, the reliances table, the simulation seam), then a 2-round
+# run (2 clients, synthetic data, the tutorial CNN, on the CPU) on each engine: the simulation
+# engine (the default) and the deployment engine, whose shims hold most of the reliances.
 #
 #   bench/flwr_nightly.sh [SCRATCH_DIR]     (default: a new folder under /tmp; reused if given)
 #
@@ -27,16 +29,22 @@ echo "== installing the newest flwr-nightly and fedlaunch's other dependencies i
 nightly=$("$PY" -c 'import importlib.metadata as m; print(m.version("flwr-nightly"))')
 echo "flwr-nightly $nightly (flwr.__version__ $("$PY" -c 'import flwr; print(flwr.__version__)'))"
 
-echo "== internals test"
-(cd "$ROOT" && "$PY" -m pytest -q -p no:cacheprovider tests/test_flwr_internals.py 2>&1 | tail -25)
+echo "== internals tests"
+(cd "$ROOT" && "$PY" -m pytest -q -p no:cacheprovider tests/test_flwr_internals.py \
+    tests/test_simulation_seam.py 2>&1 | tail -25)
 internals=${PIPESTATUS[0]}
 
-echo "== 2-round run"
-"$PY" -m launcher.cli --clients 2 --rounds 2 --dataset synthetic --model cnn --limit-train 600 \
-    --limit-test 200 --gpus cpu --headless --out "$SCRATCH/run" >"$SCRATCH/run.out" 2>&1
-run=$?
-grep -E "fedlaunch:|warning|round [0-9]+/" "$SCRATCH/run.out" | tail -12
-[ -f "$SCRATCH/run/summary.json" ] && cat "$SCRATCH/run/summary.json"
+declare -A runs
+for engine in simulation deployment; do
+    echo "== 2-round run, $engine engine"
+    "$PY" -m launcher.cli --engine "$engine" --clients 2 --rounds 2 --dataset synthetic --model cnn \
+        --limit-train 600 --limit-test 200 --gpus cpu --headless --out "$SCRATCH/run-$engine" \
+        >"$SCRATCH/run-$engine.out" 2>&1
+    runs[$engine]=$?
+    grep -E "fedlaunch:|warning|round [0-9]+/" "$SCRATCH/run-$engine.out" | tail -16
+    [ -f "$SCRATCH/run-$engine/summary.json" ] && cat "$SCRATCH/run-$engine/summary.json"
+done
 
-echo "== flwr-nightly $nightly: internals test exit $internals, 2-round run exit $run ($SCRATCH)"
-[ "$internals" -eq 0 ] && [ "$run" -eq 0 ]
+echo "== flwr-nightly $nightly: internals tests exit $internals, 2-round runs exit" \
+    "${runs[simulation]} (simulation) and ${runs[deployment]} (deployment) ($SCRATCH)"
+[ "$internals" -eq 0 ] && [ "${runs[simulation]}" -eq 0 ] && [ "${runs[deployment]}" -eq 0 ]

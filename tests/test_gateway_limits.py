@@ -4,6 +4,9 @@ connections, and the per-hop headers it names; on the ASGI app, then against a r
 from __future__ import annotations
 
 import asyncio
+import errno
+import importlib
+import inspect
 import socket
 import threading
 import time
@@ -210,11 +213,13 @@ def test_a_gib_body_gets_413_and_the_superlink_stays_flat(tmp_path: Path) -> Non
 
 class Flood:
     """Up to `count` idle connections from 127.0.0.2 to the gateway, reopened as it closes them,
-    until stopped (or `limit_s`); counts how many it had to reopen."""
+    until stopped (or `limit_s`); counts how many it opened and how many it had to reopen.
+    Connects do not wait: those the gateway has not accepted yet keep knocking (SYN retries)."""
 
     def __init__(self, port: int, count: int, limit_s: float) -> None:
         self.port, self.count, self.limit_s = port, count, limit_s
         self.reopened = 0
+        self.opened = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -223,8 +228,10 @@ class Flood:
         sock = socket.socket()
         try:
             sock.bind(("127.0.0.2", 0))
-            sock.connect(("127.0.0.1", self.port))
             sock.setblocking(False)
+            if sock.connect_ex(("127.0.0.1", self.port)) not in (0, errno.EINPROGRESS):
+                raise OSError("not connected")
+            self.opened += 1
             return sock
         except OSError:
             sock.close()
@@ -248,8 +255,8 @@ class Flood:
                 else:
                     alive.append(sock)
             socks = alive
-            while len(socks) < self.count and (sock := self._open()) is not None:
-                socks.append(sock)
+            while len(socks) < self.count and (opened := self._open()) is not None:
+                socks.append(opened)
             time.sleep(0.5)
         for sock in socks:
             sock.close()
@@ -259,35 +266,67 @@ class Flood:
         self.thread.join(10)
 
 
+# File descriptors the flooded gateway may open beyond those it holds at start: room for the
+# capped flood (16) and one client with its upstream calls; fewer than its accept queue (64), so
+# that, uncapped, the idle connections it drops every 10 s are replaced from the queue at once.
+GATEWAY_ROOM = 40
+FAILED_CALL = "Connection attempt failed"  # Flower's warning for a call of a SuperNode it retries
+
+
+def lower_gateway_fds(serve_pid: int, room: int) -> int:
+    """Set the serve role's gateway's RLIMIT_NOFILE (as `prlimit` does) to `room` more than the
+    file descriptors it has open; the new limit."""
+    gateways = [p for p in psutil.Process(serve_pid).children(recursive=True)
+                if "launcher.network.gateway" in p.cmdline()]
+    assert len(gateways) == 1, gateways
+    limit = int(gateways[0].num_fds()) + room
+    gateways[0].rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+    return limit
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def gave_up(role: Any) -> str | None:
+    """Why a role ended before the run it joined did (its exit code), or None while it runs."""
+    code = role.proc.poll()
+    return None if code in (None, 0) else f"{role.name} exited with code {code}"
+
+
 @pytest.mark.e2e
-@pytest.mark.slow  # a served run and a joined client: about a minute on two busy cores
+@pytest.mark.slow  # a served run, a joined client and a flood: 30-40 s
 @pytest.mark.timeout(420)
 def test_a_flood_of_idle_connections_does_not_stop_a_joined_client(tmp_path: Path) -> None:
+    from tests.runs import wait_until
     from tests.test_remote import Role, free_port, rounds_of
 
-    # Prepare: a served run of 1 round for 1 remote client; 300 idle connections at its gateway
+    # Prepare: a served run of 1 round for 1 remote client whose gateway may open only 40 more
+    # file descriptors (so that, uncapped, the flood takes them all, each for the 10 s the
+    # gateway waits for a request head); 300 idle connections at it
     port = free_port()
     address = f"127.0.0.1:{port}"
-    limits = {"max_connections": 64, "request_timeout": 5.0}  # 16 per address
+    limits = {"max_connections": 64, "request_timeout": 30.0}  # 16 per address
     serve = Role("serve", {"run_dir": str(tmp_path / "serve"), "clients": 1, "rounds": 1,
                            "address": address, "limits": limits})
     join: Role | None = None
     flood: Flood | None = None
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_until(lambda: answers(port), 120, "the gateway", interval=0.5)
+        lower_gateway_fds(serve.proc.pid, GATEWAY_ROOM)
         flood = Flood(port, 300, limit_s=240)
-        time.sleep(2)
+        wait_until(lambda: flood is not None and flood.opened >= flood.count, 60, "the flood")
 
         # Execute: a real client joins through the flooded gateway
         join = Role("join", {"run_dir": str(tmp_path / "join"), "clients": 1, "ids": [0, 1],
                              "address": address, "insecure": True})
-        served = serve.finish(300)
+        wait_until(lambda: serve.proc.poll() is not None, 300, "the served round",
+                   abort=lambda: gave_up(join), detail=lambda: join.out.read_text()[-2000:])
+        served = serve.finish(30)
     finally:
         if flood is not None:
             flood.stop()
@@ -295,9 +334,15 @@ def test_a_flood_of_idle_connections_does_not_stop_a_joined_client(tmp_path: Pat
             if role is not None:
                 role.stop()
 
-    # Assert: the round completed with the joined client's reply; the flood was held off
+    # Assert: the round completed with the joined client's reply, and not one of the client's
+    # calls failed until it had its first message (uncapped, some are dropped, or all for 60 s
+    # and its SuperNode gives up); the flood was held off
     assert served["exit_code"] == 0, serve.out.read_text()[-3000:]
     assert [(r["round"], r["replies"]) for r in rounds_of(tmp_path / "serve")] == [(1, 1)]
+    client = (tmp_path / "join" / "logs" / "client-0.log").read_text()
+    assert FAILED_CALL in inspect.getsource(importlib.import_module("flwr.supercore.retry.http_retry"))
+    assert "Received successfully" in client
+    assert FAILED_CALL not in client.split("Received successfully")[0], client[-3000:]
     assert flood.reopened >= 300 - 16, flood.reopened
     gateway_log = (tmp_path / "serve" / "logs" / "gateway.log").read_text()
     assert "connection(s) from 127.0.0.2: over 16 from one address" in gateway_log

@@ -63,6 +63,10 @@ RELIANCES: tuple[Reliance, ...] = (
     Reliance("patch", "fastapi.dependencies.utils.run_in_threadpool (SuperNode runtime API)",
              "launcher/shim/supernode.py", "resolve.run_in_threadpool = inline",
              "tests/test_supernode.py"),
+    Reliance("patch", "sys.modules['flwr.server.superlink.fleet.vce.backend.raybackend'] "
+             "(start_vce's backend, the simulation engine's seam)", "launcher/shim/flwr_internals.py",
+             "sys.modules[RAYBACKEND_MODULE] = stand_in",
+             "tests/test_simulation_seam.py::test_start_vce_still_imports_its_backend_where_the_seam_expects_it"),
     # -- private state read or changed --
     Reliance("private", "InMemoryNodeState.lock_task_store, task_token_to_task_id, "
              "task_token_store", "launcher/shim/endpoint.py", "lock_task_store",
@@ -82,6 +86,11 @@ RELIANCES: tuple[Reliance, ...] = (
     Reliance("copy", "flwr-serverapp's task claim (AcquireTask for SERVER_APP)",
              "launcher/shim/serverhost.py", "fi.TaskType.SERVER_APP",
              "tests/test_e2e.py::test_federated_run_completes_and_leaves_nothing_running"),
+    Reliance("copy", "the simulation Backend's interface (build, num_workers, is_worker_idle, "
+             "process_message, terminate), duck-typed", "launcher/shim/simpool.py",
+             "class PoolBackend",
+             "tests/test_simulation_seam.py::"
+             "test_flowers_simulation_loop_runs_the_installed_backend_and_keeps_each_nodes_state"),
     # -- routes and method names copied from Flower --
     Reliance("route", "the Fleet API paths of flwr/supernode/fleet_http_client.py",
              "launcher/network/gateway.py", "FLEET_ROUTES",
