@@ -80,7 +80,8 @@ CONFIG_FLAGS: dict[str, str] = {
     "fraction-train": "fraction of clients sampled each round",
     "seed": "seed for partitioning, shuffling and augmentation",
     "precision": f"{', '.join(PRECISIONS)} (auto: bf16 on CUDA, fp32 on CPU)",
-    "round-timeout": "seconds a round waits for replies",
+    "round-timeout": "seconds a round waits for replies (on the simulation engine, a worker "
+                     "silent that long on a task is killed as hung and replaced)",
     "startup-timeout": "seconds the run waits for its clients to connect, and for each client's "
                        "first reply (its start-up: torch, the data), at least --round-timeout",
 }
@@ -130,8 +131,9 @@ def build_parser() -> Parser:
     defaults = RunConfig()
     parser = Parser(
         prog="fedlaunch",
-        description="Federated learning of CIFAR-10 on this machine's GPUs: a Flower SuperLink, "
-        "one SuperNode per client pinned to a GPU, a live view of the run.",
+        description="Federated learning of CIFAR-10 on this machine's GPUs with Flower: virtual "
+        "clients served by warm workers pinned round-robin to the GPUs (real SuperNodes with "
+        "--engine deployment), a live view of the run.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
