@@ -417,3 +417,21 @@ def _carries(proc: psutil.Process, token: str) -> bool:
     from launcher.supervision.watchdog import carries
 
     return carries(proc, token)
+
+
+def test_children_spin_briefly_in_openmp_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's OpenMP threads spinning long on a machine with one busy core made an epoch 12x
+    slower (bench/busy_cores.py); children get a brief spin, or the user's own choice."""
+    from launcher.supervision.startup import SPIN_COUNT, child_base_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert child_base_env()["GOMP_SPINCOUNT"] == SPIN_COUNT == "1000"
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    env = child_base_env()
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50000")
+    assert child_base_env()["GOMP_SPINCOUNT"] == "50000"

@@ -15,14 +15,23 @@ from launcher.planning.plan import FEDERATION, FLWR_ENV, Plan, bin_path, run_con
 from launcher.supervision.outcome import RunFailed
 from launcher.supervision.procs import ManagedProcess
 
+SPIN_COUNT = "1000"  # libgomp spins this many times before a waiting thread sleeps (default 300,000)
+
 
 def child_base_env() -> dict[str, str]:
     """The environment children inherit, with this Python's scripts first on PATH.
 
     Flower's processes start helpers (e.g. flwr-clientapp under --executor stock) by name. Flower's
     internal variables (FLWR_INTERNAL_*) of the user's environment are not passed on.
+
+    torch's OpenMP threads (libgomp) spin only briefly before they sleep, unless the user set how
+    they wait: with the default long spin, one busy core elsewhere on a 2-core machine made an
+    epoch of the CNN 12x slower, and the brief spin costs nothing on idle cores, where a passive
+    wait costs up to a quarter (bench/busy_cores.py, docs/PERFORMANCE.md).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_INTERNAL_")}
+    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & env.keys():
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT
     scripts = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     return env
