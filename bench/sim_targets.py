@@ -52,24 +52,34 @@ def overhead(run_dir: Path) -> None:
     rounds = {int(r["round"]): r for r in records(run_dir / "metrics.jsonl")
               if r.get("event") == "round"}
     per_worker: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    spans: dict[int, dict[str, list[float]]] = defaultdict(dict)  # first taken, last sent
     for task in records(run_dir / "workers.jsonl"):
         if task.get("type") == "train" and task.get("seconds") is not None:
-            per_worker[int(task["round"])][str(task["worker"])] += float(task["seconds"])
+            number, worker = int(task["round"]), str(task["worker"])
+            per_worker[number][worker] += float(task["seconds"])
+            span = spans[number].setdefault(worker, [task["taken"], task["sent"]])
+            span[0], span[1] = min(span[0], task["taken"]), max(span[1], task["sent"])
     print(f"{run_dir}: round | collect s | round s | bare training s (max over workers of "
-          f"their tasks' training) | collect / bare | round / bare")
+          f"their tasks' training) | workers busy s (max over workers, first task taken to last "
+          f"reply sent) | previous round's central evaluation s (runs meanwhile) | collect / bare "
+          f"| round / bare | busy / bare")
     ratios = []
     for number in sorted(rounds)[1:]:
         r, workers = rounds[number], per_worker.get(number, {})
         if not workers:
             continue
         bare = max(workers.values())
-        ratios.append((r["collect_seconds"] / bare, r["seconds"] / bare))
+        busy = max(last - first for first, last in spans[number].values())
+        evaluating = rounds.get(number - 1, {}).get("evaluate_seconds", float("nan"))
+        ratios.append((r["collect_seconds"] / bare, r["seconds"] / bare, busy / bare))
         print(f"  {number} | {r['collect_seconds']:.2f} | {r['seconds']:.2f} | {bare:.2f} "
-              f"({len(workers)} workers) | {ratios[-1][0]:.2f}x | {ratios[-1][1]:.2f}x")
+              f"({len(workers)} workers) | {busy:.2f} | {evaluating:.2f} | {ratios[-1][0]:.2f}x | "
+              f"{ratios[-1][1]:.2f}x | {ratios[-1][2]:.2f}x")
     if ratios:
-        print(f"  rounds 2+: collect / bare {min(c for c, _ in ratios):.2f}-"
-              f"{max(c for c, _ in ratios):.2f}x, round / bare {min(s for _, s in ratios):.2f}-"
-              f"{max(s for _, s in ratios):.2f}x (target <= 1.15x)")
+        def span(i: int) -> str:
+            return f"{min(r[i] for r in ratios):.2f}-{max(r[i] for r in ratios):.2f}x"
+        print(f"  rounds 2+: collect / bare {span(0)}, round / bare {span(1)}, workers busy / bare "
+              f"{span(2)} (target <= 1.15x)")
 
 
 def train_seconds(run_dir: Path, event: str) -> float:
