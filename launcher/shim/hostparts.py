@@ -9,7 +9,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,23 @@ def owner_only_listener(path: Path) -> socket.socket:
         os.umask(old)
     listener.listen(64)
     return listener
+
+
+def connect_to_host(path: str, host: str, patience: float, pause: float,
+                    wanted: Callable[[], bool] = lambda: True) -> socket.socket:
+    """A worker's connection to its host's Unix socket, retried while the host (re)starts, for up
+    to `patience` s and while `wanted()` holds; else the worker ends with one line naming `host`."""
+    deadline = time.monotonic() + patience
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() > deadline or not wanted():
+                raise SystemExit(f"fedlaunch: cannot reach the {host} at {path}: {exc}") from None
+            time.sleep(pause)
 
 
 def parse_ids(text: str) -> list[int]:

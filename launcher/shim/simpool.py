@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcore.config import from_run_config
 from launcher.shim import simwire
 from launcher.shim.hostparts import owner_only_listener, peer_uid, record_task, write_pool_json
 from launcher.shim.simworker import order_worker
 
 STATUS_EVERY = 0.5
 READY_PATIENCE = 600.0  # a worker loading a large data set on a loaded machine
-ROUND_TIMEOUT = 600.0  # fedcore.config's default, for a run config without one
 
 
 class WorkerLost(RuntimeError):
@@ -71,7 +71,7 @@ class Pool:
         self.zygote_fd = zygote_fd
         self.run_config = run_config
         self.max_restarts = max_restarts
-        self.round_timeout = float(run_config.get("round-timeout", ROUND_TIMEOUT))
+        self.round_timeout = from_run_config(run_config).round_timeout
         self.restarts: dict[str, int] = {}
         self.listener = owner_only_listener(socket_path)
         self.idle: queue.Queue[SimWorker] = queue.Queue()

@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import traceback
 from typing import Any
 
 from launcher.shim import simwire
-from launcher.shim.hostparts import die_with_parent, train_figures
+from launcher.shim.hostparts import connect_to_host, die_with_parent, train_figures
 
 SHARED_DATA = "FEDLAUNCH_SHARED_DATA"
 CONNECT_PATIENCE = 60.0
@@ -86,20 +85,6 @@ def order_worker(fd: int, name: str, socket_path: str, gpu: str, env: dict[str, 
     os.write(fd, line.encode())
 
 
-def connect(path: str) -> socket.socket:
-    deadline = time.monotonic() + CONNECT_PATIENCE
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError as exc:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise SystemExit(f"fedlaunch: cannot reach the simulation host at {path}: {exc}") from None
-            time.sleep(0.1)
-
-
 def worker(order: dict[str, Any]) -> int:
     """One worker: serve the host's (Message, Context) frames until it closes the socket."""
     die_with_parent()
@@ -121,7 +106,7 @@ def worker(order: dict[str, Any]) -> int:
 
     run_config = dict(order["run_config"])
     name = str(order["name"])
-    sock = connect(str(order["socket"]))
+    sock = connect_to_host(str(order["socket"]), "simulation host", CONNECT_PATIENCE, 0.1)
     simwire.send_frame(sock, {"op": "hello", "name": name, "pid": os.getpid(),
                               "gpu": str(order["gpu"])})
     print(f"fedlaunch: {name} pid {os.getpid()} ready ({torch.get_num_threads()} torch "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any
 
 from launcher.shim.endpoint import Wire
 from launcher.shim.executor import Executor, fast_object_pulls
-from launcher.shim.hostparts import train_figures
+from launcher.shim.hostparts import connect_to_host, train_figures
 
 CONNECT_PATIENCE = 120.0  # the client host may start after the workers (or restart)
 SHARED_DATA = "FEDLAUNCH_SHARED_DATA"
@@ -109,21 +108,6 @@ def keep_pulled_objects() -> ObjectCache:
     return cache
 
 
-def connect(path: str, parent: int) -> socket.socket:
-    """The host's socket, retried while the host (re)starts and the launcher lives."""
-    deadline = time.monotonic() + CONNECT_PATIENCE
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError as exc:
-            sock.close()
-            if time.monotonic() > deadline or os.getppid() != parent:
-                raise SystemExit(f"fedlaunch: cannot reach the client host at {path}: {exc}") from None
-            time.sleep(0.2)
-
-
 def next_task(wire: Wire, stopping: Callable[[], bool], parent: int) -> dict[str, Any] | None:
     """Wait for the host's next order; None once stopped, the host gone, or the launcher gone."""
     wire.sock.settimeout(1.0)
@@ -171,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher stops its children with SIGTERM
     gpu = os.environ.get("FEDLAUNCH_WORKER_GPU", "cpu")  # the physical (NVML) id, as the plan shows
     while not stop["now"]:
-        wire = Wire(connect(args.socket, parent))
+        wire = Wire(connect_to_host(args.socket, "client host", CONNECT_PATIENCE, 0.2,
+                                    lambda: os.getppid() == parent))
         wire.send(op="hello", name=args.name, pid=os.getpid(), gpu=gpu)
         runner = PoolRunner(log, wire, worth_retrying=lambda: not stop["now"]
                             and os.getppid() == parent)
