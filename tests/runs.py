@@ -445,11 +445,3 @@ def wait_for_port(port: int, timeout: float = 60, abort: Callable[[], str | None
             return sock.connect_ex(("127.0.0.1", port)) == 0
     wait_until(accepts, timeout, f"127.0.0.1:{port} to accept connections", abort=abort,
                detail=detail)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

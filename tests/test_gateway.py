@@ -24,6 +24,7 @@ import pytest
 from launcher.network.certs import CertPaths, generate
 from launcher.network.gateway import FLEET_ROUTES, FleetGateway
 from launcher.network.nodeauth import generate_node_keys
+from launcher.network.ports import free_port
 from launcher.planning.bundle import write_flwr_config
 from launcher.planning.plan import FLWR_ENV, bin_path
 
@@ -40,11 +41,6 @@ OTHER = ["/health", "/healthz", "/docs", "/openapi.json", "/", "/v1/fleet", "/v1
          "//v1/fleet/get-run", "/v1/fleet/get-run/../../control/list-runs",
          "/v1/fleet/%2e%2e/control/list-runs"]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- refusals, on the ASGI app ------------------------------------------------------------------

@@ -133,9 +133,9 @@ def supervised_on_a_fake_gpu(tmp_path: Path, lib: FakeNvml, own_pids_listed: boo
     import dataclasses
 
     from launcher.events import EventBus
+    from launcher.network.ports import free_port
     from launcher.planning.gpus import GpuInfo
     from launcher.planning.placement import Placement
-    from launcher.planning.plan import free_port
     from launcher.supervision.supervisor import Supervisor
     from tests.test_supervisor import CLIENT, LINK, SUBMIT, federated_plan, scripts
 

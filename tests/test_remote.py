@@ -34,6 +34,7 @@ from launcher.events import RunStarted
 from launcher.network.certs import CertPaths, certs_main, generate, server_names
 from launcher.network.gateway_limits import Limits
 from launcher.network.nodeauth import generate_node_keys
+from launcher.network.ports import free_port
 from launcher.network.remote import (
     Address,
     join_plan,
@@ -481,12 +482,6 @@ class Role:
 
 def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
     return rounds(run_dir)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.e2e

@@ -8,7 +8,6 @@ executor's, signed with the secret, is answered.
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -17,17 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from launcher.network.ports import free_port
 from launcher.network.runtime_secret import secret_path, write_secret
 from launcher.planning.plan import FLWR_ENV, bin_path
 from tests.runs import wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_secret_is_random_private_and_new_each_launch(tmp_path: Path) -> None:

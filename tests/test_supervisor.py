@@ -16,8 +16,9 @@ import pytest
 
 from fedcore.config import RunConfig
 from launcher.events import Event, EventBus, Notice, ProcessExited, ProcessStarted, RunFinished
+from launcher.network.ports import free_port
 from launcher.planning.placement import Placement
-from launcher.planning.plan import Plan, free_port
+from launcher.planning.plan import Plan
 from launcher.supervision.outcome import EXIT_SIGHUP, EXIT_SIGTERM
 from launcher.supervision.procs import ManagedProcess, ProcessSpec
 from launcher.supervision.supervisor import Supervisor

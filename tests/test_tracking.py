@@ -186,7 +186,7 @@ def test_the_supervisor_feeds_the_tracking_and_publishes_its_warnings(tmp_path: 
     """The Supervisor with stand-in processes (tests/test_supervisor.py): each round the app
     writes reaches TensorBoard by the run's end; a backend that cannot start is a warning."""
     from launcher.events import Notice
-    from launcher.planning.plan import free_port
+    from launcher.network.ports import free_port
     from tests.test_supervisor import CLIENT, LINK, SUBMIT, federated_plan, scripts, supervise
 
     # Prepare

@@ -16,6 +16,7 @@ from fedcore.errors import UsageError
 from launcher.network import nodeauth
 from launcher.network.certs import CertPaths, covers, server_names
 from launcher.network.gateway_limits import DEFAULT_LIMITS, Limits
+from launcher.network.ports import free_port
 from launcher.network.runtime_secret import FLAG as SECRET_FLAG
 from launcher.network.runtime_secret import secret_path
 from launcher.planning.bundle import toml_string
@@ -25,7 +26,6 @@ from launcher.planning.plan import (
     Plan,
     client_spec,
     cpu_threads,
-    free_port,
     serverapp_spec,
     submit_spec,
     superlink_spec,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from fedcore.config import RunConfig
 from fedcore.rundir import PROGRESS
 from launcher.kinds import Engine, RunMode
+from launcher.network.ports import free_port
 from launcher.network.runtime_secret import FLAG as SECRET_FLAG
 from launcher.network.runtime_secret import secret_path
 from launcher.planning.bundle import toml_table
@@ -126,22 +126,6 @@ class Plan:
         lines.extend(f"note: {n}" for n in self.placement.notes)
         lines.extend(f"warning: {w}" for w in self.placement.warnings)
         return "\n".join(lines)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def bin_path(name: str) -> str:

@@ -18,10 +18,11 @@ from fedcore.errors import UsageError
 from fedcore.partition_spec import parse_partition
 from fedcore.rundir import CONFIG, METRICS, PROGRESS, RunDir, drop_torn_tail, refuse_symlinks
 from launcher.kinds import Engine, Executor, RunMode
+from launcher.network.ports import port_in_use
 from launcher.planning.footprint import client_footprint, server_footprint
 from launcher.planning.gpus import Nvml
 from launcher.planning.placement import Placement, parse_gpus, plan_placement
-from launcher.planning.plan import Plan, federated_plan, local_plan, port_in_use, simulation_plan
+from launcher.planning.plan import Plan, federated_plan, local_plan, simulation_plan
 from launcher.planning.pool import WorkerChoice, choose_simulation_workers, choose_workers
 
 # The most training images each data set can have: more clients than this can never get data

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.rundir import RunDir
+from launcher.network.ports import free_port
 from launcher.shim.endpoint import Wire
 from launcher.shim.hostparts import (
     Doorbell,
     Endpoint,
     Worker,
     die_with_parent,
-    free_port,
     owner_only_listener,
     parse_ids,
     peer_uid,
