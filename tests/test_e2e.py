@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.network.ports import free_port
 from launcher.shim.supernode import EARLY_REPLY_NOTE
 from tests.runs import (
     BIN,
@@ -15,7 +16,6 @@ from tests.runs import (
     Processes,
     Run,
     assert_round_records,
-    free_port,
     processes_mentioning,
     read_metrics,
     read_summary,
