@@ -13,6 +13,8 @@ from launcher.network import ports
 def test_a_free_port_is_below_the_range_of_outgoing_source_ports() -> None:
     # Prepare: 20 outgoing connections, as the run's SuperNodes make, hold source ports
     low, high = ports.ephemeral_range()
+    if low - 1 - ports.LOWEST < 1_000:
+        pytest.skip(f"this machine's ephemeral range ({low}-{high}) leaves no room below it")
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(32)
