@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -54,79 +56,70 @@ def test_same_seed_same_numbers_on_both_engines(tmp_path: Path) -> None:
         assert torch.equal(weights[0][key], weights[1][key]), key
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_worker_killed_mid_task_is_replaced_and_the_round_goes_on(tmp_path: Path) -> None:
-    # Prepare: 4 clients on 2 workers, tasks long enough to be caught training
-    out = tmp_path / "run"
-    args = ["--clients", "4", "--workers", "2", "--rounds", "4", "--gpus", "cpu", "--headless",
-            "--engine", "simulation", "--dataset", "synthetic", "--model", "cnn",
-            "--limit-train", "4000", "--limit-test", "200", "--local-epochs", "2"]
+FOUR_ON_TWO = ["--clients", "4", "--workers", "2", "--rounds", "4", "--gpus", "cpu", "--headless",
+               "--engine", "simulation", "--dataset", "synthetic", "--model", "cnn",
+               "--limit-test", "200", "--local-epochs", "2"]
 
-    with Run(args, out, cwd=tmp_path) as run:
+
+def worker_faulted(tmp_path: Path, extra: list[str], pick: Callable[[dict[str, Any]], Any],
+                   sig: int) -> tuple[Path, Any, list[dict[str, Any]], str]:
+    """A 4-client, 4-round run on 2 simulation workers: once round 2 starts, the worker `pick`
+    chooses from pool.json ((name, pid) or None to wait) gets `sig`. Asserts that the run then
+    completes with nothing left, one failed task and a whole last round, and that pool.json ends
+    with 2 workers, the victim not among them. Returns the run folder, the pick, workers.jsonl
+    and the simulation log."""
+    out = tmp_path / "run"
+    with Run([*FOUR_ON_TWO, *extra], out, cwd=tmp_path) as run:
         run.wait_for_event("round_start", round=2, timeout=400)
 
-        # Execute: SIGKILL the worker pool.json shows training
-        def training() -> int:
-            status = json.loads((out / "pool.json").read_text())
-            return next((w["pid"] for w in status["workers"] if w["state"] == "training"), 0)
-
-        victim = wait_until(training, 120, "a worker training")
-        os.kill(victim, signal.SIGKILL)
+        picked = wait_until(lambda: pick(json.loads((out / "pool.json").read_text())), 120,
+                            "a worker to fault in pool.json")
+        os.kill(picked[1], sig)
         code = run.wait(400)
 
-        # Assert: the run completes; the task failed once, later rounds are whole again
         assert code == 0, run.report()
         run.assert_no_orphans()
-    tasks = [json.loads(line) for line in (out / "workers.jsonl").read_text().splitlines()]
-    lost = [t for t in tasks if str(t["status"]).startswith("lost")]
-    assert len(lost) == 1, tasks
     done = rounds(out)
     assert sum(r["failures"] for r in done) == 1, done
     assert done[-1]["round"] == 4 and done[-1]["replies"] == 4, done
-    log = (out / "logs" / "simulation.log").read_text()
-    assert "died while it ran" in log and "restarting worker-" in log, log[-2000:]
     status = json.loads((out / "pool.json").read_text())
-    assert len(status["workers"]) == 2 and victim not in [w["pid"] for w in status["workers"]]
+    assert len(status["workers"]) == 2 and picked[1] not in [w["pid"] for w in status["workers"]]
+    tasks = [json.loads(line) for line in (out / "workers.jsonl").read_text().splitlines()]
+    return out, picked, tasks, (out / "logs" / "simulation.log").read_text()
 
 
-def first_worker(out: Path) -> tuple[str, int] | None:
-    """(name, pid) of the first worker pool.json lists, or None."""
-    status = json.loads((out / "pool.json").read_text())
+def training_worker(status: dict[str, Any]) -> tuple[str, int] | None:
+    return next(((w["name"], w["pid"]) for w in status["workers"] if w["state"] == "training"), None)
+
+
+def first_worker(status: dict[str, Any]) -> tuple[str, int] | None:
     return next(((w["name"], w["pid"]) for w in status["workers"]), None)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_a_worker_killed_mid_task_is_replaced_and_the_round_goes_on(tmp_path: Path) -> None:
+    # 4 clients on 2 workers, tasks long enough to be caught training: SIGKILL the training one
+    _, _, tasks, log = worker_faulted(tmp_path, ["--limit-train", "4000"], training_worker,
+                                      signal.SIGKILL)
+
+    # the task failed once (later rounds whole again: worker_faulted)
+    assert len([t for t in tasks if str(t["status"]).startswith("lost")]) == 1, tasks
+    assert "died while it ran" in log and "restarting worker-" in log, log[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_a_hung_worker_is_killed_after_the_round_timeout_and_replaced(tmp_path: Path) -> None:
-    # Prepare: 4 clients on 2 workers; a task takes about a second, the round timeout is 30 s
-    out = tmp_path / "run"
-    args = ["--clients", "4", "--workers", "2", "--rounds", "4", "--gpus", "cpu", "--headless",
-            "--engine", "simulation", "--dataset", "synthetic", "--model", "cnn",
-            "--limit-train", "2000", "--limit-test", "200", "--local-epochs", "2",
-            "--round-timeout", "30"]
+    # A task takes about a second, the round timeout is 30 s. SIGSTOP a worker: alive, and the
+    # task it runs now or the next one it is given (idle workers take tasks in turn; rounds 2-4
+    # have 12) is never answered
+    _, (name, victim), tasks, log = worker_faulted(
+        tmp_path, ["--limit-train", "2000", "--round-timeout", "30"], first_worker, signal.SIGSTOP)
 
-    with Run(args, out, cwd=tmp_path) as run:
-        run.wait_for_event("round_start", round=2, timeout=400)
-
-        # Execute: stop (SIGSTOP) a worker: alive, and the task it runs now or the next one it
-        # is given (idle workers take tasks in turn; rounds 2-4 have 12) is never answered
-        name, victim = wait_until(lambda: first_worker(out), 120, "a worker in pool.json")
-        os.kill(victim, signal.SIGSTOP)
-        code = run.wait(400)
-
-        # Assert: the run completes; the hung task failed once and is named, later rounds whole
-        assert code == 0, run.report()
-        run.assert_no_orphans()
-    tasks = [json.loads(line) for line in (out / "workers.jsonl").read_text().splitlines()]
+    # the hung task failed once and is named
     hung = [t for t in tasks if str(t["status"]).startswith("timeout")]
     assert [(t["worker"], t["status"]) for t in hung] == [(name, f"timeout: {name} hung")], tasks
     assert hung[0]["sent"] - hung[0]["taken"] >= 30, hung
-    done = rounds(out)
-    assert sum(r["failures"] for r in done) == 1, done
-    assert done[-1]["round"] == 4 and done[-1]["replies"] == 4, done
-    log = (out / "logs" / "simulation.log").read_text()
     assert f"{name} (pid {victim}) ran client-{hung[0]['client']}'s task for 30 s" in log, log[-2000:]
     assert "killed as hung" in log and f"restarting {name}" in log, log[-2000:]
-    status = json.loads((out / "pool.json").read_text())
-    assert len(status["workers"]) == 2 and victim not in [w["pid"] for w in status["workers"]]
