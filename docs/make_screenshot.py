@@ -42,7 +42,8 @@ def training(run_dir: Path) -> int:
 async def shoot(run_dir: Path, after: int, size: tuple[int, int], timeout: float) -> str:
     """Start the run under the real app (Textual's headless driver); once `after` rounds are in
     and a client trains the next one, export the screen as SVG, then stop the run."""
-    from launcher.cli import build_parser, resolve_config, run_folder
+    from launcher.arguments import build_parser
+    from launcher.cli import resolve_config, run_folder
     from launcher.events import EventBus
     from launcher.network.flags import network_plan
     from launcher.planning.prepare import make_plan

@@ -206,7 +206,7 @@ def sweep_report(folder: Path, out: Path | None = None) -> tuple[str, list[Path]
 
 
 def sweep_report_main(argv: list[str]) -> int:
-    from launcher.cli import Parser
+    from launcher.arguments import Parser
 
     parser = Parser(prog="fedlaunch report", description="A sweep's table: mean ± sd over seeds of "
                     "the best and final test accuracy of each cell, beside the published figure.")

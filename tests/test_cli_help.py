@@ -7,7 +7,8 @@ from importlib.metadata import version
 
 import pytest
 
-from launcher.cli import build_parser, main
+from launcher.arguments import build_parser
+from launcher.cli import main
 
 
 def test_version_names_fedlaunch_and_flower(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from fedcore.config import RunConfig
 from fedcore.errors import UsageError
-from launcher.cli import build_parser, choose_engine
+from launcher.arguments import build_parser
+from launcher.cli import choose_engine
 from launcher.planning.gpus import GpuInfo, Nvml
 from launcher.planning.pool import choose_simulation_workers
 from launcher.planning.prepare import LaunchOptions, make_plan

@@ -130,7 +130,7 @@ def test_resume_rebuilds_app_flwr_and_progress(tmp_path: Path) -> None:
 
 
 def resume_args(run: Path, *extra: str) -> object:
-    from launcher.cli import build_parser
+    from launcher.arguments import build_parser
 
     return build_parser().parse_args(["--resume", str(run), *extra])
 
@@ -173,7 +173,8 @@ def test_children_do_not_inherit_flower_internal_variables(monkeypatch: pytest.M
 
 def join_plan_for(tmp_path: Path, *extra: str) -> object:
     """`fedlaunch --join ... EXTRA --out run` planned for real (config.json written)."""
-    from launcher.cli import build_parser, resolve_config
+    from launcher.arguments import build_parser
+    from launcher.cli import resolve_config
     from launcher.network.flags import network_plan
     from launcher.planning.gpus import Nvml
     from launcher.planning.prepare import make_plan

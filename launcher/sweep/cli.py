@@ -35,7 +35,7 @@ RESUME_FLAGS = ("gpus", "max_parallel", "headless")
 
 
 def build_sweep_parser() -> argparse.ArgumentParser:
-    from launcher.cli import CONFIG_FLAGS, Parser
+    from launcher.arguments import CONFIG_FLAGS, Parser
 
     parser = Parser(prog="fedlaunch sweep", epilog=EXAMPLES,
                     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -88,7 +88,8 @@ def resolve_cell(state: SweepState, cell: CellState, labels: dict[tuple[Any, ...
     from fedcore.partition import partition_indices
     from fedcore.partition_spec import parse_partition
     from fedcore.task import train_labels
-    from launcher.cli import build_parser, resolve_config
+    from launcher.arguments import build_parser
+    from launcher.cli import resolve_config
     from launcher.planning.prepare import make_plan, say
 
     try:
@@ -116,7 +117,7 @@ def cell_argv(state: SweepState, cell: CellState, gpus: str, resume: bool) -> li
 
 
 def new_sweep(args: argparse.Namespace) -> SweepState:
-    from launcher.cli import CONFIG_FLAGS
+    from launcher.arguments import CONFIG_FLAGS
     from launcher.planning.profiles import published_of
 
     if args.seeds is not None and args.seed is not None:
