@@ -103,7 +103,7 @@ RELIANCES: tuple[Reliance, ...] = (
     # -- Flower's log wording matched --
     Reliance("wording", "'task-token authentication failed' (an expired task token)",
              "launcher/supervision/hints.py", "task-token authentication failed",
-             "tests/test_remote.py::test_explain_failure"),
+             "tests/test_remote_plans.py::test_explain_failure"),
     Reliance("wording", "TLS and connection errors in a client's log tail",
              "launcher/supervision/hints.py", "CERTIFICATE_VERIFY_FAILED",
              "tests/test_remote.py::test_serve_and_two_joins_over_tls_and_a_join_without_the_ca"),
