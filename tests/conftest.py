@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from launcher.supervision.startup import brief_omp_spin
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TAR = ROOT.parent / "shared" / "data" / "cifar10-images.tar"
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-# as the launcher gives its children (launcher.supervision.startup.child_base_env): torch in the
-# test process too spins briefly, so a busy core elsewhere does not stall it
-if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
-    os.environ["GOMP_SPINCOUNT"] = "1000"
+# as the launcher gives its children (child_base_env): torch in the test process too spins
+# briefly, so a busy core elsewhere does not stall it
+brief_omp_spin(os.environ)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 from launcher.network import nodeauth
@@ -16,6 +16,12 @@ from launcher.supervision.outcome import RunFailed
 from launcher.supervision.procs import ManagedProcess
 
 SPIN_COUNT = "1000"  # libgomp spins this many times before a waiting thread sleeps (default 300,000)
+
+
+def brief_omp_spin(env: MutableMapping[str, str]) -> None:
+    """GOMP_SPINCOUNT=SPIN_COUNT in `env`, unless it already says how OpenMP threads wait."""
+    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & env.keys():
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
 def child_base_env() -> dict[str, str]:
@@ -30,8 +36,7 @@ def child_base_env() -> dict[str, str]:
     wait costs up to a quarter (bench/busy_cores.py, docs/PERFORMANCE.md).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_INTERNAL_")}
-    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & env.keys():
-        env["GOMP_SPINCOUNT"] = SPIN_COUNT
+    brief_omp_spin(env)
     scripts = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     return env
